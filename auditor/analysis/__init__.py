@@ -1,0 +1,1 @@
+"""Static analysis: reading sources (scripts, notebooks) into a resolved module context."""

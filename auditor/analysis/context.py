@@ -1,0 +1,729 @@
+"""`ModuleContext`: one parse and one walk of a module, indexed for rules to query.
+
+Rules must understand code the way a reader does, not grep it. So the context resolves
+imports and aliases to canonical names (`names.canonical`), knows which value a name holds at
+a given line (scope-aware, last assignment before the use), evaluates simple constant
+expressions (arithmetic, `len(...)`, `[0.5] * 3`, argparse defaults, config dicts, class
+attributes), and knows which pretrained architecture a variable holds (`model_of`).
+
+Everything is computed in one walk of the tree at construction; the query methods only read
+those indices, so running twenty rules costs one traversal.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from auditor import knowledge
+from auditor.analysis.names import canonical, last
+from auditor.analysis.source import SourceUnit
+
+
+class _Unknown:
+    _instance = None
+
+    def __new__(cls) -> "_Unknown":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: the value of an expression the context cannot determine
+UNKNOWN: Any = _Unknown()
+
+Scope = ast.AST  # ast.Module, a function definition, a Lambda or a ClassDef
+
+_FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+#: methods that return the same model (for following `model = build().to(device).eval()`)
+MODEL_PASSTHROUGH_METHODS = frozenset(
+    {"to", "cuda", "cpu", "eval", "train", "float", "half", "double", "bfloat16", "requires_grad_", "share_memory", "to_empty"}
+)
+
+
+@dataclass(frozen=True)
+class Location:
+    line: int | None = None
+    column: int | None = None
+    end_line: int | None = None
+    end_column: int | None = None
+    cell: int | None = None
+
+
+@dataclass
+class Assignment:
+    key: str
+    value: ast.expr | None  # None: bound by something we do not evaluate (for target, unpacking)
+    stmt: ast.AST
+    scope: Scope
+    index: int  # walk order, for "before" comparisons within a line
+    augmented: bool = False
+
+    @property
+    def line(self) -> int:
+        return getattr(self.stmt, "lineno", 0)
+
+
+@dataclass
+class ModelInfo:
+    """A pretrained-architecture constructor call, as a reader would describe it."""
+
+    framework: str  # "keras", "torchvision", "timm", "hf", "hub"
+    arch: str  # constructor or architecture name, e.g. "ResNet50", "resnet50"
+    family: str | None  # keras.applications module, torchvision family, timm name
+    pretrained: bool | None  # True / False / unknown
+    call: ast.Call
+    include_top: bool | None = None
+    include_preprocessing: bool | None = None
+    classes: ast.expr | None = None
+    keys: list[str] = field(default_factory=list)  # variables assigned from it
+
+    @property
+    def label(self) -> str:
+        return self.arch
+
+
+@dataclass
+class FreezeEvent:
+    """A statement that freezes (or unfreezes) weights: `base.trainable = False`,
+    `for p in backbone.parameters(): p.requires_grad = False`, `m.requires_grad_(False)`."""
+
+    node: ast.AST
+    framework: str  # "keras" or "torch"
+    target: str  # key of what is (un)frozen: "base_model", "model.features", "model"
+    frozen: bool
+    partial: bool  # a slice of layers, or a conditional freeze inside the loop
+
+
+class ModuleContext:
+    def __init__(self, unit: SourceUnit, tree: ast.Module):
+        self.unit = unit
+        self.display_path = unit.path
+        self.source = unit.text
+        self.tree = tree
+        self.parents: dict[ast.AST, ast.AST] = {}
+        self.scope_of_node: dict[ast.AST, Scope] = {}
+        self.imports: dict[str, str] = {}
+        self.star_imports: list[str] = []
+        self.calls: list[ast.Call] = []
+        self.assignments: dict[str, list[Assignment]] = defaultdict(list)
+        self.functions: dict[str, list[ast.AST]] = defaultdict(list)
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.order: dict[ast.AST, int] = {}
+        self._call_names: dict[ast.Call, str | None] = {}
+        self._argparse: dict[str, ast.expr] = {}
+        self._walk()
+        self._models: list[ModelInfo] | None = None
+        self._freezes: list[FreezeEvent] | None = None
+
+    # ------------------------------------------------------------------ the one walk
+    def _walk(self) -> None:
+        counter = 0
+        stack: list[tuple[ast.AST, Scope]] = [(self.tree, self.tree)]
+        while stack:
+            node, scope = stack.pop()
+            self.order[node] = counter
+            counter += 1
+            self.scope_of_node[node] = scope
+            inner_scope = scope
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.functions[node.name].append(node)
+                inner_scope = node
+                for arg in _all_args(node.args):
+                    self.assignments[arg.arg].append(Assignment(arg.arg, None, node, node, counter))
+            elif isinstance(node, ast.Lambda):
+                inner_scope = node
+            elif isinstance(node, ast.ClassDef):
+                self.classes[node.name] = node
+                inner_scope = node
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname:
+                        self.imports[alias.asname] = canonical(alias.name)
+                    else:
+                        top = alias.name.split(".")[0]
+                        self.imports.setdefault(top, top)
+                        # `import tensorflow.keras` also lets `tensorflow.keras.X` resolve
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    if alias.name == "*":
+                        self.star_imports.append(canonical(node.module))
+                    else:
+                        self.imports[alias.asname or alias.name] = canonical(f"{node.module}.{alias.name}")
+            elif isinstance(node, ast.Call):
+                self.calls.append(node)
+            self._record_bindings(node, scope, counter)
+            children = list(ast.iter_child_nodes(node))
+            for child in reversed(children):
+                self.parents[child] = node
+                # decorators and defaults belong to the outer scope, the body to the inner one
+                child_scope = inner_scope
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                    if child in getattr(node, "decorator_list", ()) or isinstance(child, ast.arguments) or child in getattr(node, "bases", ()):
+                        child_scope = scope
+                stack.append((child, child_scope))
+        self.calls.sort(key=lambda c: self.order[c])
+        for call in self.calls:
+            self._call_names[call] = self.qualname(call.func)
+        self._collect_argparse()
+
+    def _record_bindings(self, node: ast.AST, scope: Scope, index: int) -> None:
+        def bind(target: ast.AST, value: ast.expr | None, augmented: bool = False) -> None:
+            if isinstance(target, (ast.Tuple, ast.List)):
+                values = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) else None
+                for i, elt in enumerate(target.elts):
+                    bind(elt, values[i] if values else None)
+                return
+            if isinstance(target, ast.Starred):
+                bind(target.value, None)
+                return
+            key = self.key(target)
+            if key:
+                self.assignments[key].append(Assignment(key, value, node, scope, index, augmented))
+
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                bind(target, node.value)
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            bind(node.target, node.value)
+        elif isinstance(node, ast.AugAssign):
+            bind(node.target, node.value, augmented=True)
+        elif isinstance(node, ast.NamedExpr):
+            bind(node.target, node.value)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+            bind(node.target, None)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    bind(item.optional_vars, item.context_expr)
+
+    def _collect_argparse(self) -> None:
+        """`parser.add_argument('--lr', default=0.1)` makes `args.lr` resolvable."""
+        for call in self.method_calls("add_argument"):
+            default = kwarg(call, "default")
+            if default is None:
+                continue
+            dest = None
+            dest_node = kwarg(call, "dest")
+            if isinstance(dest_node, ast.Constant) and isinstance(dest_node.value, str):
+                dest = dest_node.value
+            else:
+                flags = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                longs = [f for f in flags if f.startswith("--")]
+                chosen = longs[0] if longs else (flags[0] if flags else None)
+                if chosen:
+                    dest = chosen.lstrip("-").replace("-", "_")
+            if dest:
+                self._argparse.setdefault(dest, default)
+
+    # ------------------------------------------------------------------ names and places
+    @staticmethod
+    def key(node: ast.AST) -> str | None:
+        """A dotted key for a Name/Attribute chain (`self.backbone.fc`), subscripts as `[i]`."""
+        parts: list[str] = []
+        while True:
+            if isinstance(node, ast.Name):
+                parts.append(node.id)
+                break
+            if isinstance(node, ast.Attribute):
+                parts.append("." + node.attr)
+                node = node.value
+            elif isinstance(node, ast.Subscript):
+                sl = node.slice
+                if isinstance(sl, ast.Constant) and isinstance(sl.value, (int, str)):
+                    parts.append(f"[{sl.value!r}]")
+                elif isinstance(sl, ast.UnaryOp) and isinstance(sl.op, ast.USub) and isinstance(sl.operand, ast.Constant):
+                    parts.append(f"[-{sl.operand.value!r}]")
+                else:
+                    parts.append("[...]")
+                node = node.value
+            else:
+                return None
+        return "".join(reversed(parts))
+
+    def qualname(self, node: ast.AST | None) -> str | None:
+        """Canonical dotted name of an imported thing (`tf.keras.applications.VGG16` ->
+        `keras.applications.VGG16`), None for locals and anything else."""
+        if node is None:
+            return None
+        if isinstance(node, ast.Call):
+            node = node.func
+        parts: list[str] = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        base = self.imports.get(node.id)
+        if base is None:
+            if node.id in self.assignments or node.id in self.functions or node.id in self.classes:
+                return None
+            base = self._from_star(node.id)
+            if base is None:
+                return None
+        return canonical(".".join([base, *reversed(parts)]))
+
+    def _from_star(self, name: str) -> str | None:
+        for module in self.star_imports:
+            if module.startswith(("keras", "torch", "timm", "tensorflow")):
+                return canonical(f"{module}.{name}")
+        return None
+
+    def call_name(self, call: ast.Call) -> str | None:
+        if call in self._call_names:
+            return self._call_names[call]
+        return self.qualname(call.func)
+
+    def location(self, node: ast.AST | None) -> Location:
+        if node is None or not hasattr(node, "lineno"):
+            return Location(line=1, column=1) if not self.unit.is_notebook else Location(line=1, column=1, cell=1)
+        line = node.lineno
+        col = node.col_offset + 1
+        end_line = getattr(node, "end_lineno", None)
+        end_col = getattr(node, "end_col_offset", None)
+        end_col = end_col + 1 if end_col is not None else None
+        if self.unit.is_notebook:
+            cell, cell_line = self.unit.cell_line(line)
+            end_cell_line = self.unit.cell_line(end_line)[1] if end_line else None
+            return Location(cell_line, col, end_cell_line, end_col, cell)
+        return Location(line, col, end_line, end_col)
+
+    def mentions(self, *words: str) -> bool:
+        return any(w in self.source for w in words)
+
+    @property
+    def frameworks(self) -> set[str]:
+        found = set()
+        for name in list(self.imports.values()) + self.star_imports:
+            top = name.split(".")[0]
+            if top in ("keras", "torch", "torchvision", "timm", "transformers", "tensorflow"):
+                found.add(top)
+        return found
+
+    # ------------------------------------------------------------------ tree navigation
+    def parent(self, node: ast.AST) -> ast.AST | None:
+        return self.parents.get(node)
+
+    def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        node = self.parents.get(node)
+        while node is not None:
+            yield node
+            node = self.parents.get(node)
+
+    def scope(self, node: ast.AST) -> Scope:
+        return self.scope_of_node.get(node, self.tree)
+
+    def enclosing_function(self, node: ast.AST) -> ast.AST | None:
+        for anc in self.ancestors(node):
+            if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return anc
+        return None
+
+    def enclosing_class(self, node: ast.AST) -> ast.ClassDef | None:
+        for anc in self.ancestors(node):
+            if isinstance(anc, ast.ClassDef):
+                return anc
+        return None
+
+    def statement(self, node: ast.AST) -> ast.AST:
+        """The statement that contains `node`."""
+        current = node
+        while current is not None and not isinstance(current, ast.stmt):
+            current = self.parents.get(current)
+        return current or node
+
+    def before(self, a: ast.AST, b: ast.AST) -> bool:
+        """Does `a` come before `b` in source order?"""
+        return (getattr(a, "lineno", 0), getattr(a, "col_offset", 0)) < (getattr(b, "lineno", 0), getattr(b, "col_offset", 0))
+
+    # ------------------------------------------------------------------ calls
+    def calls_to(self, *patterns: str) -> Iterator[ast.Call]:
+        """Calls whose canonical name matches one of the patterns (fnmatch globs allowed)."""
+        exact = {p for p in patterns if "*" not in p and "?" not in p}
+        globs = [p for p in patterns if p not in exact]
+        for call in self.calls:
+            name = self._call_names.get(call)
+            if name is None:
+                continue
+            if name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs):
+                yield call
+
+    def method_calls(self, *methods: str) -> Iterator[ast.Call]:
+        """Calls of `<anything>.method(...)`, whatever the receiver."""
+        wanted = set(methods)
+        for call in self.calls:
+            if isinstance(call.func, ast.Attribute) and call.func.attr in wanted:
+                yield call
+
+    def call_sites(self, func: ast.AST) -> list[ast.Call]:
+        """Calls of a function defined in this module (`f(...)`, `self.f(...)`)."""
+        name = getattr(func, "name", None)
+        if not name:
+            return []
+        out = []
+        for call in self.calls:
+            f = call.func
+            if (isinstance(f, ast.Name) and f.id == name) or (
+                isinstance(f, ast.Attribute) and f.attr == name and isinstance(f.value, ast.Name) and f.value.id in ("self", "cls")
+            ):
+                out.append(call)
+        return out
+
+    @staticmethod
+    def bind_arguments(call: ast.Call, func: ast.AST) -> dict[str, ast.expr]:
+        """Map a module-local function's parameter names to the argument expressions of a call."""
+        args = func.args  # type: ignore[attr-defined]
+        params = [a.arg for a in args.posonlyargs + args.args]
+        if params and params[0] in ("self", "cls") and isinstance(call.func, ast.Attribute):
+            params = params[1:]
+        bound: dict[str, ast.expr] = {}
+        for name, value in zip(params, call.args):
+            if isinstance(value, ast.Starred):
+                break
+            bound[name] = value
+        for kw in call.keywords:
+            if kw.arg:
+                bound[kw.arg] = kw.value
+        return bound
+
+    # ------------------------------------------------------------------ values
+    def assignment_at(self, key: str, node: ast.AST) -> Assignment | None:
+        """The assignment of `key` that is in force at `node`: the last one before it in the
+        same scope, else in the enclosing scopes (module constants), else for `self.x` the
+        assignments in the class's methods."""
+        records = self.assignments.get(key)
+        if not records:
+            return None
+        position = self.order.get(node, 1 << 60)
+        scope = self.scope(node)
+        scopes = [scope]
+        for anc in self.ancestors(node):
+            if isinstance(anc, (ast.Module, *_FUNCS)) and anc not in scopes:
+                scopes.append(anc)
+        if self.tree not in scopes:
+            scopes.append(self.tree)
+        for sc in scopes:
+            in_scope = [r for r in records if r.scope is sc]
+            if not in_scope:
+                continue
+            earlier = [r for r in in_scope if r.index < position and not self._inside(node, r.stmt)]
+            if earlier:
+                return earlier[-1]
+            if sc is not scope:  # module constant defined below a function that uses it
+                return in_scope[-1]
+        if key.startswith(("self.", "cls.")):
+            klass = self.enclosing_class(node)
+            if klass is not None:
+                mine = [r for r in records if self.enclosing_class(r.stmt) is klass]
+                init = [r for r in mine if getattr(self.enclosing_function(r.stmt), "name", "") == "__init__"]
+                if init:
+                    return init[-1]
+                if mine:
+                    return mine[-1]
+        return None
+
+    def _inside(self, node: ast.AST, stmt: ast.AST) -> bool:
+        return stmt is node or any(a is stmt for a in self.ancestors(node))
+
+    def resolve(self, node: ast.AST | None, depth: int = 0) -> ast.AST | None:
+        """Follow names to the expression they were assigned from (`x = y; y = Call()`)."""
+        while node is not None and depth < 25:
+            depth += 1
+            if isinstance(node, (ast.Name, ast.Attribute)):
+                key = self.key(node)
+                record = self.assignment_at(key, node) if key else None
+                if record is None or record.value is None or record.augmented:
+                    return node
+                node = record.value
+                continue
+            return node
+        return node
+
+    def value(self, node: ast.AST | None, depth: int = 0) -> Any:
+        """The Python value of a constant-like expression, or UNKNOWN."""
+        if node is None or depth > 30:
+            return UNKNOWN
+        d = depth + 1
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            if any(isinstance(e, ast.Starred) for e in node.elts):
+                return UNKNOWN
+            return tuple(self.value(e, d) for e in node.elts)
+        if isinstance(node, ast.Dict):
+            out = {}
+            for k, v in zip(node.keys, node.values):
+                if k is None:
+                    return UNKNOWN
+                kv = self.value(k, d)
+                if kv is UNKNOWN:
+                    return UNKNOWN
+                out[kv] = v  # values stay nodes: evaluated on access
+            return out
+        if isinstance(node, ast.UnaryOp):
+            operand = self.value(node.operand, d)
+            if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+                if isinstance(node.op, ast.USub):
+                    return -operand
+                if isinstance(node.op, ast.UAdd):
+                    return operand
+            if isinstance(node.op, ast.Not) and operand is not UNKNOWN:
+                return not operand
+            return UNKNOWN
+        if isinstance(node, ast.BinOp):
+            return _binop(node.op, self.value(node.left, d), self.value(node.right, d))
+        if isinstance(node, ast.Name):
+            if node.id in knowledge.STAT_CONSTANTS and node.id not in self.assignments:
+                return knowledge.STAT_CONSTANTS[node.id]
+            record = self.assignment_at(node.id, node)
+            if record is None:
+                return self._constant_by_import(node)
+            if record.augmented:
+                return UNKNOWN
+            if record.value is None:
+                if isinstance(record.stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    return self._parameter_value(record.stmt, node.id, d)
+                return UNKNOWN
+            return self.value(record.value, d)
+        if isinstance(node, ast.Attribute):
+            qual = self.qualname(node)
+            if qual and last(qual) in knowledge.STAT_CONSTANTS:
+                return knowledge.STAT_CONSTANTS[last(qual)]
+            key = self.key(node)
+            record = self.assignment_at(key, node) if key else None
+            if record is not None and record.value is not None and not record.augmented:
+                return self.value(record.value, d)
+            return self._attribute_value(node, d)
+        if isinstance(node, ast.Subscript):
+            container = self.value(node.value, d)
+            index = self.value(node.slice, d)
+            if index is UNKNOWN or container is UNKNOWN:
+                return UNKNOWN
+            try:
+                item = container[index]
+            except (KeyError, IndexError, TypeError):
+                return UNKNOWN
+            return self.value(item, d) if isinstance(item, ast.AST) else item
+        if isinstance(node, ast.Call):
+            return self._call_value(node, d)
+        return UNKNOWN
+
+    def _constant_by_import(self, node: ast.Name) -> Any:
+        qual = self.imports.get(node.id)
+        if qual and last(qual) in knowledge.STAT_CONSTANTS:
+            return knowledge.STAT_CONSTANTS[last(qual)]
+        return UNKNOWN
+
+    def _parameter_value(self, func: ast.AST, name: str, depth: int) -> Any:
+        """A parameter's value when every call in the module (and the default) agree."""
+        candidates = []
+        default = _param_default(func, name)
+        for call in self.call_sites(func):
+            bound = self.bind_arguments(call, func)
+            if name in bound:
+                candidates.append(self.value(bound[name], depth))
+            elif default is not None:
+                candidates.append(self.value(default, depth))
+            else:
+                return UNKNOWN
+        if not candidates and default is not None:
+            candidates.append(self.value(default, depth))
+        if candidates and all(c is not UNKNOWN and c == candidates[0] for c in candidates):
+            return candidates[0]
+        return UNKNOWN
+
+    def _attribute_value(self, node: ast.Attribute, depth: int) -> Any:
+        """`args.lr` (argparse default), `CFG.lr` / `cfg.lr` (class attribute), `config.lr`."""
+        base = node.value
+        if isinstance(base, ast.Name):
+            target = self.resolve(base)
+            if isinstance(target, ast.Call):
+                name = self.call_name(target) or ""
+                method = target.func.attr if isinstance(target.func, ast.Attribute) else ""
+                if method in ("parse_args", "parse_known_args") or name.endswith(("parse_args", "parse_known_args")):
+                    if node.attr in self._argparse:
+                        return self.value(self._argparse[node.attr], depth)
+                    return UNKNOWN
+                if isinstance(target.func, ast.Name) and target.func.id in self.classes:
+                    return self._class_attribute(self.classes[target.func.id], node.attr, depth)
+            elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Call):
+                call = target.value
+                if isinstance(call.func, ast.Attribute) and call.func.attr == "parse_known_args" and node.attr in self._argparse:
+                    return self.value(self._argparse[node.attr], depth)
+            if base.id in self.classes:
+                return self._class_attribute(self.classes[base.id], node.attr, depth)
+        return UNKNOWN
+
+    def _class_attribute(self, klass: ast.ClassDef, attr: str, depth: int) -> Any:
+        for stmt in klass.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id == attr and getattr(stmt, "value", None) is not None:
+                    return self.value(stmt.value, depth)
+        for stmt in ast.walk(klass):
+            if isinstance(stmt, ast.Assign):
+                for t in stmt.targets:
+                    if isinstance(t, ast.Attribute) and t.attr == attr and isinstance(t.value, ast.Name) and t.value.id == "self":
+                        return self.value(stmt.value, depth)
+        return UNKNOWN
+
+    def _call_value(self, node: ast.Call, depth: int) -> Any:
+        func = node.func
+        fname = func.id if isinstance(func, ast.Name) else None
+        if fname in ("len", "float", "int", "abs", "round", "min", "max", "list", "tuple", "str", "sorted") and node.args:
+            args = [self.value(a, depth) for a in node.args]
+            if any(a is UNKNOWN for a in args):
+                if fname == "len" and isinstance(node.args[0], ast.Call):
+                    return self._len_of_call(node.args[0], depth)
+                return UNKNOWN
+            try:
+                if fname == "len":
+                    return len(args[0])
+                if fname in ("min", "max") and len(args) > 1:
+                    return {"min": min, "max": max}[fname](args)
+                return {"float": float, "int": int, "abs": abs, "round": round, "min": min, "max": max, "list": tuple, "tuple": tuple, "str": str, "sorted": lambda v: tuple(sorted(v))}[fname](*args)
+            except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
+                return UNKNOWN
+        if fname == "dict" and not node.args:
+            return {kw.arg: kw.value for kw in node.keywords if kw.arg}
+        if isinstance(func, ast.Attribute) and func.attr == "get" and node.args:
+            container = self.value(func.value, depth)
+            key = self.value(node.args[0], depth)
+            if isinstance(container, dict) and key in container:
+                item = container[key]
+                return self.value(item, depth) if isinstance(item, ast.AST) else item
+            if len(node.args) > 1 and (container is UNKNOWN or isinstance(container, dict)):
+                return UNKNOWN
+        qual = self.call_name(node) or ""
+        if qual in ("numpy.array", "numpy.asarray", "torch.tensor", "torch.Tensor", "numpy.float32") and node.args:
+            return self.value(node.args[0], depth)
+        return UNKNOWN
+
+    def _len_of_call(self, call: ast.Call, depth: int) -> Any:
+        # len(os.listdir(...)) and friends are data-dependent
+        return UNKNOWN
+
+    def number(self, node: ast.AST | None) -> float | int | None:
+        v = self.value(node)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        return v
+
+    def string(self, node: ast.AST | None) -> str | None:
+        v = self.value(node)
+        return v if isinstance(v, str) else None
+
+    def string_fragments(self, node: ast.AST | None) -> str:
+        """Every literal string piece an expression is built from (for path heuristics)."""
+        if node is None:
+            return ""
+        pieces = []
+        target = self.resolve(node) if isinstance(node, (ast.Name, ast.Attribute)) else node
+        for sub in ast.walk(target if target is not None else node):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                pieces.append(sub.value)
+            elif isinstance(sub, ast.Name) and sub is not target:
+                v = self.value(sub)
+                if isinstance(v, str):
+                    pieces.append(v)
+        return " ".join(pieces)
+
+    # ------------------------------------------------------------------ models
+    @property
+    def models(self) -> list[ModelInfo]:
+        if self._models is None:
+            from auditor.analysis.models import collect_models
+
+            self._models = collect_models(self)
+        return self._models
+
+    def model_of(self, node: ast.AST | None) -> ModelInfo | None:
+        """The pretrained-architecture constructor an expression evaluates to, if any."""
+        from auditor.analysis.models import model_of
+
+        return model_of(self, node)
+
+    def pretrained_models(self) -> list[ModelInfo]:
+        return [m for m in self.models if m.pretrained]
+
+    @property
+    def freezes(self) -> list[FreezeEvent]:
+        if self._freezes is None:
+            from auditor.analysis.freezing import collect_freezes
+
+            self._freezes = collect_freezes(self)
+        return self._freezes
+
+
+# ---------------------------------------------------------------------- helpers
+def kwarg(call: ast.Call, name: str, position: int | None = None) -> ast.expr | None:
+    """A call's argument by keyword, or by position when it may be passed positionally."""
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    if position is not None and len(call.args) > position and not any(isinstance(a, ast.Starred) for a in call.args[: position + 1]):
+        return call.args[position]
+    return None
+
+
+def has_kwargs_splat(call: ast.Call) -> bool:
+    return any(kw.arg is None for kw in call.keywords)
+
+
+def _all_args(args: ast.arguments) -> Iterable[ast.arg]:
+    yield from args.posonlyargs
+    yield from args.args
+    if args.vararg:
+        yield args.vararg
+    yield from args.kwonlyargs
+    if args.kwarg:
+        yield args.kwarg
+
+
+def _param_default(func: ast.AST, name: str) -> ast.expr | None:
+    args = func.args  # type: ignore[attr-defined]
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    for arg, default in zip(positional, defaults):
+        if arg.arg == name:
+            return default
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+        if arg.arg == name:
+            return default
+    return None
+
+
+def _binop(op: ast.operator, left: Any, right: Any) -> Any:
+    if left is UNKNOWN or right is UNKNOWN:
+        return UNKNOWN
+    try:
+        if isinstance(op, ast.Add):
+            return left + right
+        if isinstance(op, ast.Sub):
+            return left - right
+        if isinstance(op, ast.Mult):
+            if isinstance(left, (tuple, str)) and isinstance(right, int) and right > 10_000:
+                return UNKNOWN
+            return left * right
+        if isinstance(op, ast.Div):
+            return left / right
+        if isinstance(op, ast.FloorDiv):
+            return left // right
+        if isinstance(op, ast.Pow):
+            if isinstance(right, (int, float)) and abs(right) > 64:
+                return UNKNOWN
+            return left**right
+        if isinstance(op, ast.Mod) and not isinstance(left, str):
+            return left % right
+    except Exception:  # noqa: BLE001 - e.g. division by zero: unknown, not a crash
+        return UNKNOWN
+    return UNKNOWN

@@ -1,0 +1,96 @@
+"""Where a script freezes or unfreezes weights, and what it freezes.
+
+Keras: `base.trainable = False`, `for layer in base.layers[:100]: layer.trainable = False`.
+PyTorch: `for p in backbone.parameters(): p.requires_grad = False`, the `named_parameters()`
+form with a name test, `backbone.requires_grad_(False)`, nested `children()` loops.
+The target is reported as the key of the container (`base`, `model.features`), so rules can
+match it against the variables they track.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from auditor.analysis.context import FreezeEvent, ModuleContext
+
+_ITER_METHODS = {"parameters", "named_parameters", "children", "named_children", "modules", "named_modules", "values"}
+_KERAS_ITER_ATTRS = {"layers", "submodules", "_flatten_layers"}
+
+
+def collect_freezes(ctx: ModuleContext) -> list[FreezeEvent]:
+    events: list[FreezeEvent] = []
+    for key, records in ctx.assignments.items():
+        attr = key.rsplit(".", 1)[-1]
+        if attr not in ("trainable", "requires_grad") or "." not in key:
+            continue
+        for record in records:
+            if record.value is None or record.augmented:
+                continue
+            flag = ctx.value(record.value)
+            if not isinstance(flag, bool):
+                continue
+            target_node = record.stmt.targets[0].value if isinstance(record.stmt, ast.Assign) else None  # type: ignore[union-attr]
+            if target_node is None or not isinstance(record.stmt, ast.Assign):
+                continue
+            framework = "keras" if attr == "trainable" else "torch"
+            events.append(_event(ctx, record.stmt, target_node, framework, not flag))
+    for call in ctx.method_calls("requires_grad_"):
+        flag_node = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "requires_grad"), None)
+        flag = True if flag_node is None else ctx.value(flag_node)
+        if isinstance(flag, bool):
+            events.append(_event(ctx, call, call.func.value, "torch", not flag))  # type: ignore[attr-defined]
+    for call in ctx.calls:
+        # keras layers built frozen: hub.KerasLayer(url, trainable=False), Layer(trainable=False)
+        for kw in call.keywords:
+            if kw.arg == "trainable" and ctx.value(kw.value) is False:
+                stmt = ctx.statement(call)
+                if isinstance(stmt, ast.Assign) and stmt.value is call and ctx.key(stmt.targets[0]):
+                    events.append(FreezeEvent(call, "keras", ctx.key(stmt.targets[0]) or "", True, False))
+    events.sort(key=lambda e: ctx.order.get(e.node, 0))
+    return events
+
+
+def _event(ctx: ModuleContext, node: ast.AST, receiver: ast.AST, framework: str, frozen: bool) -> FreezeEvent:
+    """Lift a per-parameter/per-layer freeze to the container it iterates over."""
+    partial = False
+    target = ctx.key(receiver) or "?"
+    receiver_key = target
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, (ast.If, ast.IfExp)):
+            partial = True
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            break
+        if isinstance(anc, (ast.For, ast.comprehension)):
+            names = {ctx.key(t) for t in (anc.target.elts if isinstance(anc.target, ast.Tuple) else [anc.target])}
+            root = receiver_key.split(".", 1)[0].split("[", 1)[0]
+            if root in names:
+                container, sliced = _container(ctx, anc.iter)
+                if container:
+                    partial = partial or sliced or "." in receiver_key
+                    target = container
+                    receiver_key = container
+    return FreezeEvent(node, framework, target, frozen, partial)
+
+
+def _container(ctx: ModuleContext, node: ast.AST) -> tuple[str | None, bool]:
+    """`base.layers[:100]` -> ('base', True); `model.named_parameters()` -> ('model', False)."""
+    sliced = False
+    while True:
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in ("enumerate", "list", "tuple", "iter", "reversed", "zip", "filter") and node.args:
+                node = node.args[-1] if func.id == "filter" else node.args[0]
+                continue
+            if isinstance(func, ast.Attribute) and func.attr in _ITER_METHODS:
+                node = func.value
+                continue
+            return None, sliced
+        if isinstance(node, ast.Subscript):
+            sliced = True
+            node = node.value
+            continue
+        if isinstance(node, ast.Attribute) and node.attr in _KERAS_ITER_ATTRS:
+            node = node.value
+            continue
+        key = ctx.key(node)
+        return key, sliced

@@ -1,0 +1,128 @@
+"""Turning a path (or standard input) into Python source plus a map back to where it came from.
+
+Notebooks are flattened into one module so that an import in cell 1 resolves in cell 5, while
+`cell_line()` maps each line back to (code-cell index, line in cell). IPython magics and shell
+escapes become `pass`-like blank lines of the same count, so line numbers stay true.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: files larger than this are reported, not parsed (a generated file, not a script)
+MAX_SOURCE_BYTES = 10 * 1024 * 1024
+
+_MAGIC = re.compile(r"^\s*([%!]|\?|[A-Za-z_][\w.]*\?\s*$)")
+
+
+class SourceError(Exception):
+    """The file cannot be read as source. The message is one clear line for a USE finding."""
+
+
+@dataclass
+class SourceUnit:
+    path: str
+    text: str
+    #: for notebooks: per line of `text` (0-based index) the (cell, line-in-cell), 1-based
+    cell_lines: list[tuple[int, int]] | None = None
+    #: for notebooks: cells whose code does not parse (cell index, line in cell, message)
+    broken_cells: list[tuple[int, int, str]] = field(default_factory=list)
+
+    @property
+    def is_notebook(self) -> bool:
+        return self.cell_lines is not None
+
+    def cell_line(self, line: int) -> tuple[int | None, int]:
+        if self.cell_lines is None or not (1 <= line <= len(self.cell_lines)):
+            return None, line
+        return self.cell_lines[line - 1]
+
+
+def read_source(path: Path, display: str | None = None) -> SourceUnit:
+    shown = display or str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from None
+    if size > MAX_SOURCE_BYTES:
+        raise SourceError(f"file is {size / 1e6:.1f} MB, over the {MAX_SOURCE_BYTES // 2**20} MiB limit for source files")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from None
+    return source_from_bytes(raw, shown)
+
+
+def source_from_bytes(raw: bytes, display: str) -> SourceUnit:
+    if display.endswith(".ipynb"):
+        return _notebook(raw, display)
+    if b"\x00" in raw[:8192]:
+        raise SourceError("binary file, not Python source")
+    return SourceUnit(display, _decode(raw))
+
+
+def _decode(raw: bytes) -> str:
+    import io
+    import tokenize
+
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        return raw.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot decode source: {exc}") from None
+
+
+def _notebook(raw: bytes, display: str) -> SourceUnit:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"not a readable notebook (invalid JSON: {exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
+        raise SourceError("not a notebook: no 'cells' list")
+    language = ((data.get("metadata") or {}).get("kernelspec") or {}).get("language") or (
+        (data.get("metadata") or {}).get("language_info") or {}
+    ).get("name")
+    if language and str(language).lower() not in ("python", "python3", "ipython"):
+        raise SourceError(f"notebook language is {language}, not Python")
+
+    lines: list[str] = []
+    cell_lines: list[tuple[int, int]] = []
+    broken: list[tuple[int, int, str]] = []
+    code_index = 0
+    for cell in data.get("cells", []):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        code_index += 1
+        src = cell.get("source", "")
+        text = "".join(src) if isinstance(src, list) else str(src)
+        cell_src = _strip_magics(text.split("\n"))
+        body = "\n".join(cell_src)
+        try:
+            compile(body, display, "exec", flags=0x400, dont_inherit=True)  # PyCF_ONLY_AST
+        except SyntaxError as exc:
+            broken.append((code_index, exc.lineno or 1, exc.msg or "invalid syntax"))
+            cell_src = [""] * len(cell_src)
+        except (ValueError, RecursionError) as exc:
+            broken.append((code_index, 1, str(exc)))
+            cell_src = [""] * len(cell_src)
+        for number, line in enumerate(cell_src, start=1):
+            lines.append(line)
+            cell_lines.append((code_index, number))
+    return SourceUnit(display, "\n".join(lines) + "\n", cell_lines=cell_lines, broken_cells=broken)
+
+
+def _strip_magics(lines: list[str]) -> list[str]:
+    """Blank out IPython-only syntax line by line; a cell magic (%%) blanks the whole cell."""
+    if lines and lines[0].lstrip().startswith("%%"):
+        return [""] * len(lines)
+    out = []
+    for line in lines:
+        if _MAGIC.match(line):
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(indent + "pass" if indent else "")
+        else:
+            out.append(line)
+    return out

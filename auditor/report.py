@@ -1,0 +1,58 @@
+"""The result of a run: findings plus what reporters and exit codes need around them."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor._version import __version__
+from auditor.finding import Finding, Severity
+
+FRAMEWORK_MODULES = {"torch": "torch", "tensorflow": "tensorflow", "keras": "keras"}
+
+
+def environment() -> dict[str, Any]:
+    """Versions of what was imported (null where not imported: static runs import none)."""
+    env: dict[str, Any] = {"python": platform.python_version()}
+    for key, module in FRAMEWORK_MODULES.items():
+        mod = sys.modules.get(module)
+        env[key] = getattr(mod, "__version__", None) if mod is not None else None
+    keras = sys.modules.get("keras")
+    backend = None
+    if keras is not None:
+        try:
+            backend = keras.config.backend()
+        except Exception:  # noqa: BLE001 - a partial keras import has no backend to report
+            backend = None
+    env["keras_backend"] = backend
+    return env
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    files_checked: int = 0
+    mode: str = "check"
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts = {"error": 0, "warning": 0, "info": 0}
+        for f in self.findings:
+            counts[f.severity.value] += 1
+        return counts
+
+    def exit_code(self, fail_on: str = "warning") -> int:
+        if fail_on == "never":
+            return 0
+        threshold = Severity.parse(fail_on).rank
+        return 1 if any(f.severity.rank >= threshold for f in self.findings) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool": {"name": "auditor", "version": __version__},
+            "environment": environment(),
+            "findings": [f.to_json() for f in self.findings],
+            "summary": self.summary,
+        }
