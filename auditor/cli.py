@@ -8,11 +8,8 @@ it). Every error path below funnels into `_fail`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
-import textwrap
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +24,8 @@ FAIL_ON = ("error", "warning", "info", "never")
 
 def _fail(message: str, debug: bool = False) -> None:
     if debug:
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
     click.echo(f"auditor: error: {message}", err=True)
     sys.exit(2)
@@ -205,6 +204,9 @@ def _per_file_ignored(finding, config) -> bool:
 @click.option("--all", "show_all", is_flag=True, default=False, help="Include rules that are off by default.")
 def rules_command(fmt: str, show_all: bool) -> None:
     """List every rule: code, name, category, default severity, kind and summary."""
+    import json
+    import textwrap
+
     from auditor.registry import all_rules
 
     rules = [r for r in all_rules() if show_all or r.enabled_by_default]

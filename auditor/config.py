@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import configparser
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+
+
+def _tomllib():
+    """Imported only when a TOML file is read (start-up time matters in pre-commit hooks)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    return tomllib
 
 
 class ConfigError(Exception):
@@ -28,11 +32,11 @@ SCALAR_KEYS = {"fail-on", "format", "output", "jobs", "num-classes", "pretrained
 KNOWN_KEYS = LIST_KEYS | SCALAR_KEYS | {"per-file-ignores"}
 
 
-@dataclass
 class Config:
-    values: dict[str, Any] = field(default_factory=dict)
-    per_file_ignores: list[tuple[str, list[str]]] = field(default_factory=list)
-    source: Path | None = None
+    def __init__(self, values: dict[str, Any] | None = None, per_file_ignores: list[tuple[str, list[str]]] | None = None, source: Path | None = None):
+        self.values = values or {}
+        self.per_file_ignores = per_file_ignores or []
+        self.source = source
 
     @property
     def root(self) -> Path:
@@ -63,6 +67,7 @@ def _split(value: Any) -> list[str]:
 
 
 def _from_toml(path: Path, explicit: bool) -> Config | None:
+    tomllib = _tomllib()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

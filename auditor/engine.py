@@ -8,14 +8,9 @@ finding for that file; it never aborts the run (flake8's weak point, avoided).
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 import os
 import sys
-import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,12 +26,17 @@ from auditor.suppress import is_suppressed, pragmas
 PARALLEL_THRESHOLD = 8
 
 
-@dataclass
 class FileResult:
-    path: str
-    findings: list[Finding]
-    fingerprints: list[str] = field(default_factory=list)
-    debug: list[str] = field(default_factory=list)  # tracebacks behind USE003, for --debug
+    """Findings of one file, their baseline fingerprints, and (for --debug) the tracebacks
+    behind USE003 findings. Plain class: dataclasses cost import time on every hook run."""
+
+    __slots__ = ("path", "findings", "fingerprints", "debug")
+
+    def __init__(self, path: str, findings: list[Finding], fingerprints: list[str] | None = None, debug: list[str] | None = None):
+        self.path = path
+        self.findings = findings
+        self.fingerprints = fingerprints or []
+        self.debug = debug or []
 
 
 def _usage(code: str, path: str, message: str, line: int = 1, column: int = 1, cell: int | None = None, evidence=None) -> Finding:
@@ -87,6 +87,8 @@ def check_unit(unit: SourceUnit, codes: Sequence[str], debug: bool = False) -> F
             findings.append(
                 _usage("USE003", unit.path, f"rule {rule.code} ({rule.name}) failed on this file: {type(exc).__name__}: {exc}")
             )
+            import traceback
+
             debug_notes.append(f"{unit.path}: {rule.code}\n{traceback.format_exc()}")
     return _finish(unit, findings, codes, debug_notes)
 
@@ -113,6 +115,8 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
 
 def _fingerprint(finding: Finding, unit: SourceUnit, lines: list[str]) -> str:
     """Stable across edits elsewhere in the file: rule, path and the flagged line's text."""
+    import hashlib
+
     text = ""
     if finding.line:
         if unit.cell_lines is None:
@@ -170,6 +174,7 @@ def check_paths(
     if workers <= 1 or len(tasks) < PARALLEL_THRESHOLD:
         return [_worker(t) for t in tasks]
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     try:
         mp_context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
@@ -194,6 +199,8 @@ _RULES_STAMP: str | None = None
 def _rules_stamp() -> str:
     """Changes whenever a rule or engine module changes, so a cache never outlives the code."""
     global _RULES_STAMP
+    import hashlib
+
     if _RULES_STAMP is None:
         import auditor
         import auditor.rules
@@ -208,6 +215,8 @@ def _rules_stamp() -> str:
 
 
 def _cache_key(raw: bytes, display: str, codes: Sequence[str]) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     digest.update(_rules_stamp().encode())
     digest.update(",".join(sorted(codes)).encode())
@@ -218,6 +227,8 @@ def _cache_key(raw: bytes, display: str, codes: Sequence[str]) -> str:
 
 
 def _cache_get(cache_dir: str, key: str) -> FileResult | None:
+    import json
+
     try:
         with open(os.path.join(cache_dir, key[:2], key + ".json"), encoding="utf-8") as fh:
             data = json.load(fh)
@@ -227,6 +238,8 @@ def _cache_get(cache_dir: str, key: str) -> FileResult | None:
 
 
 def _cache_put(cache_dir: str, key: str, result: FileResult) -> None:
+    import json
+
     folder = os.path.join(cache_dir, key[:2])
     try:
         os.makedirs(folder, exist_ok=True)

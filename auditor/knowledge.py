@@ -6,7 +6,7 @@ reuse them (reference preprocessing per family).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # --- Keras applications -------------------------------------------------------------------
 
@@ -217,8 +217,7 @@ LR_THRESHOLDS = {
 HEAD_ONLY_FACTOR = 10.0
 
 
-@dataclass(frozen=True)
-class LrThreshold:
+class LrThreshold(NamedTuple):
     family: str
     warn: float
     error: float

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import platform
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from auditor._version import __version__
@@ -15,7 +13,7 @@ FRAMEWORK_MODULES = {"torch": "torch", "tensorflow": "tensorflow", "keras": "ker
 
 def environment() -> dict[str, Any]:
     """Versions of what was imported (null where not imported: static runs import none)."""
-    env: dict[str, Any] = {"python": platform.python_version()}
+    env: dict[str, Any] = {"python": ".".join(str(v) for v in sys.version_info[:3])}
     for key, module in FRAMEWORK_MODULES.items():
         mod = sys.modules.get(module)
         env[key] = getattr(mod, "__version__", None) if mod is not None else None
@@ -30,11 +28,13 @@ def environment() -> dict[str, Any]:
     return env
 
 
-@dataclass
 class Report:
-    findings: list[Finding] = field(default_factory=list)
-    files_checked: int = 0
-    mode: str = "check"
+    """Findings of a run plus what reporters and exit codes need around them."""
+
+    def __init__(self, findings: list[Finding] | None = None, files_checked: int = 0, mode: str = "check"):
+        self.findings = findings or []
+        self.files_checked = files_checked
+        self.mode = mode
 
     @property
     def summary(self) -> dict[str, int]:

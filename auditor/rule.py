@@ -9,7 +9,6 @@ cannot drift away from code.
 from __future__ import annotations
 
 import ast
-import inspect
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
@@ -56,7 +55,7 @@ class Rule:
             problems.append(f"name {cls.name!r} must be kebab-case")
         if cls.category not in CATEGORIES:
             problems.append(f"category {cls.category!r} is not one of {', '.join(CATEGORIES)}")
-        doc = inspect.getdoc(cls) or ""
+        doc = cls.documentation()
         for heading in REQUIRED_HEADINGS:
             if heading not in doc:
                 problems.append(f"docstring lacks {heading!r}")
@@ -67,7 +66,8 @@ class Rule:
 
     @classmethod
     def documentation(cls) -> str:
-        return inspect.getdoc(cls) or ""
+        """The class's own docstring, dedented (inspect.cleandoc without importing inspect)."""
+        return _cleandoc(cls.__dict__.get("__doc__") or "")
 
     @classmethod
     def summary(cls) -> str:
@@ -138,6 +138,18 @@ class DynamicRule(Rule):
 
     def probe(self, pipeline: Any) -> Iterator[Finding]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _cleandoc(doc: str) -> str:
+    lines = doc.expandtabs().split("\n")
+    indents = [len(line) - len(line.lstrip()) for line in lines[1:] if line.strip()]
+    margin = min(indents) if indents else 0
+    body = [lines[0].strip()] + [line[margin:].rstrip() for line in lines[1:]]
+    while body and not body[0]:
+        body.pop(0)
+    while body and not body[-1]:
+        body.pop()
+    return "\n".join(body)
 
 
 class _SafeDict(dict):

@@ -15,8 +15,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from auditor import knowledge
 from auditor.analysis.names import canonical, last
@@ -50,8 +49,7 @@ MODEL_PASSTHROUGH_METHODS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     line: int | None = None
     column: int | None = None
     end_line: int | None = None
@@ -59,41 +57,67 @@ class Location:
     cell: int | None = None
 
 
-@dataclass
 class Assignment:
-    key: str
-    value: ast.expr | None  # None: bound by something we do not evaluate (for target, unpacking)
-    stmt: ast.AST
-    scope: Scope
-    index: int  # walk order, for "before" comparisons within a line
-    augmented: bool = False
+    """One binding of a name or attribute key. `value` is None when bound by something we do
+    not evaluate (a for target, unpacking, a parameter); `index` is the walk order."""
+
+    __slots__ = ("key", "value", "stmt", "scope", "index", "augmented")
+
+    def __init__(self, key: str, value: ast.expr | None, stmt: ast.AST, scope: Scope, index: int, augmented: bool = False):
+        self.key = key
+        self.value = value
+        self.stmt = stmt
+        self.scope = scope
+        self.index = index
+        self.augmented = augmented
 
     @property
     def line(self) -> int:
         return getattr(self.stmt, "lineno", 0)
 
 
-@dataclass
 class ModelInfo:
-    """A pretrained-architecture constructor call, as a reader would describe it."""
+    """A pretrained-architecture constructor call, as a reader would describe it.
 
-    framework: str  # "keras", "torchvision", "timm", "hf", "hub"
-    arch: str  # constructor or architecture name, e.g. "ResNet50", "resnet50"
-    family: str | None  # keras.applications module, torchvision family, timm name
-    pretrained: bool | None  # True / False / unknown
-    call: ast.Call
-    include_top: bool | None = None
-    include_preprocessing: bool | None = None
-    classes: ast.expr | None = None
-    keys: list[str] = field(default_factory=list)  # variables assigned from it
+    framework: "keras", "torchvision", "timm", "hf" or "hub"; arch: constructor or
+    architecture name ("ResNet50", "resnet50"); family: keras.applications module,
+    torchvision family or timm name; pretrained: True / False / None (unknown); keys: the
+    variables assigned from it.
+    """
+
+    __slots__ = ("framework", "arch", "family", "pretrained", "call", "include_top", "include_preprocessing", "classes", "keys")
+
+    def __init__(
+        self,
+        framework: str,
+        arch: str,
+        family: str | None,
+        pretrained: bool | None,
+        call: ast.Call,
+        include_top: bool | None = None,
+        include_preprocessing: bool | None = None,
+        classes: ast.expr | None = None,
+        keys: list[str] | None = None,
+    ):
+        self.framework = framework
+        self.arch = arch
+        self.family = family
+        self.pretrained = pretrained
+        self.call = call
+        self.include_top = include_top
+        self.include_preprocessing = include_preprocessing
+        self.classes = classes
+        self.keys = keys if keys is not None else []
+
+    def __repr__(self) -> str:
+        return f"ModelInfo({self.framework}, {self.arch}, family={self.family}, pretrained={self.pretrained}, keys={self.keys})"
 
     @property
     def label(self) -> str:
         return self.arch
 
 
-@dataclass
-class FreezeEvent:
+class FreezeEvent(NamedTuple):
     """A statement that freezes (or unfreezes) weights: `base.trainable = False`,
     `for p in backbone.parameters(): p.requires_grad = False`, `m.requires_grad_(False)`."""
 

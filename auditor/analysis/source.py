@@ -7,9 +7,7 @@ escapes become `pass`-like blank lines of the same count, so line numbers stay t
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 #: files larger than this are reported, not parsed (a generated file, not a script)
@@ -22,14 +20,24 @@ class SourceError(Exception):
     """The file cannot be read as source. The message is one clear line for a USE finding."""
 
 
-@dataclass
 class SourceUnit:
-    path: str
-    text: str
-    #: for notebooks: per line of `text` (0-based index) the (cell, line-in-cell), 1-based
-    cell_lines: list[tuple[int, int]] | None = None
-    #: for notebooks: cells whose code does not parse (cell index, line in cell, message)
-    broken_cells: list[tuple[int, int, str]] = field(default_factory=list)
+    """Source text plus, for notebooks, `cell_lines` (per line of `text`, 0-based index, the
+    1-based (cell, line-in-cell)) and `broken_cells` ((cell, line, message) of cells that do
+    not parse)."""
+
+    __slots__ = ("path", "text", "cell_lines", "broken_cells")
+
+    def __init__(
+        self,
+        path: str,
+        text: str,
+        cell_lines: list[tuple[int, int]] | None = None,
+        broken_cells: list[tuple[int, int, str]] | None = None,
+    ):
+        self.path = path
+        self.text = text
+        self.cell_lines = cell_lines
+        self.broken_cells = broken_cells or []
 
     @property
     def is_notebook(self) -> bool:
@@ -76,6 +84,8 @@ def _decode(raw: bytes) -> str:
 
 
 def _notebook(raw: bytes, display: str) -> SourceUnit:
+    import json
+
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
