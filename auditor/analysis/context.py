@@ -144,6 +144,9 @@ class ModuleContext:
         self.classes: dict[str, ast.ClassDef] = {}
         self.order: dict[ast.AST, int] = {}
         self._call_names: dict[ast.Call, str | None] = {}
+        #: every node by its exact type, in source order (`nodes_of`): rules query this
+        #: instead of walking the tree again
+        self.by_type: dict[type, list[ast.AST]] = {}
         self._argparse: dict[str, ast.expr] = {}
         self._walk()
         self._models: list[ModelInfo] | None = None
@@ -151,50 +154,82 @@ class ModuleContext:
 
     # ------------------------------------------------------------------ the one walk
     def _walk(self) -> None:
+        """Pre-order, source-order traversal that fills every index at once. Hand-rolled
+        (no `ast.iter_child_nodes`, type dispatch instead of isinstance chains): this loop is
+        most of the cost of checking a file."""
         counter = 0
+        order = self.order
+        parents = self.parents
+        scope_of = self.scope_of_node
+        by_type = self.by_type
+        calls = self.calls
+        AST = ast.AST
         stack: list[tuple[ast.AST, Scope]] = [(self.tree, self.tree)]
+        pop = stack.pop
+        push = stack.append
         while stack:
-            node, scope = stack.pop()
-            self.order[node] = counter
+            node, scope = pop()
+            order[node] = counter
             counter += 1
-            self.scope_of_node[node] = scope
+            scope_of[node] = scope
+            kind = type(node)
+            bucket = by_type.get(kind)
+            if bucket is None:
+                by_type[kind] = [node]
+            else:
+                bucket.append(node)
             inner_scope = scope
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                self.functions[node.name].append(node)
+            if kind is ast.Call:
+                calls.append(node)
+            elif kind in _BINDING_NODES:
+                self._record_bindings(node, scope, counter)
+            elif kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
+                self.functions[node.name].append(node)  # type: ignore[attr-defined]
                 inner_scope = node
-                for arg in _all_args(node.args):
+                for arg in _all_args(node.args):  # type: ignore[attr-defined]
                     self.assignments[arg.arg].append(Assignment(arg.arg, None, node, node, counter))
-            elif isinstance(node, ast.Lambda):
+            elif kind is ast.Lambda:
                 inner_scope = node
-            elif isinstance(node, ast.ClassDef):
-                self.classes[node.name] = node
+            elif kind is ast.ClassDef:
+                self.classes[node.name] = node  # type: ignore[attr-defined]
                 inner_scope = node
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
+            elif kind is ast.Import:
+                for alias in node.names:  # type: ignore[attr-defined]
                     if alias.asname:
                         self.imports[alias.asname] = canonical(alias.name)
                     else:
+                        # `import tensorflow.keras` binds `tensorflow`; the rest resolves through it
                         top = alias.name.split(".")[0]
                         self.imports.setdefault(top, top)
-                        # `import tensorflow.keras` also lets `tensorflow.keras.X` resolve
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                for alias in node.names:
-                    if alias.name == "*":
-                        self.star_imports.append(canonical(node.module))
-                    else:
-                        self.imports[alias.asname or alias.name] = canonical(f"{node.module}.{alias.name}")
-            elif isinstance(node, ast.Call):
-                self.calls.append(node)
-            self._record_bindings(node, scope, counter)
-            children = list(ast.iter_child_nodes(node))
-            for child in reversed(children):
-                self.parents[child] = node
-                # decorators and defaults belong to the outer scope, the body to the inner one
-                child_scope = inner_scope
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-                    if child in getattr(node, "decorator_list", ()) or isinstance(child, ast.arguments) or child in getattr(node, "bases", ()):
-                        child_scope = scope
-                stack.append((child, child_scope))
+            elif kind is ast.ImportFrom:
+                if node.module and node.level == 0:  # type: ignore[attr-defined]
+                    for alias in node.names:  # type: ignore[attr-defined]
+                        if alias.name == "*":
+                            self.star_imports.append(canonical(node.module))  # type: ignore[attr-defined]
+                        else:
+                            self.imports[alias.asname or alias.name] = canonical(f"{node.module}.{alias.name}")  # type: ignore[attr-defined]
+            children: list[ast.AST] = []
+            for field_name in node._fields:
+                value = getattr(node, field_name, None)
+                if isinstance(value, AST):
+                    children.append(value)
+                elif type(value) is list:
+                    for item in value:
+                        if isinstance(item, AST):
+                            children.append(item)
+            if inner_scope is not scope:
+                # decorators, default values and base classes belong to the outer scope
+                outer = {id(n) for n in getattr(node, "decorator_list", ())} | {id(n) for n in getattr(node, "bases", ())}
+                args = getattr(node, "args", None)
+                if isinstance(args, ast.arguments):
+                    outer.add(id(args))
+                for child in reversed(children):
+                    parents[child] = node
+                    push((child, scope if id(child) in outer else inner_scope))
+            else:
+                for child in reversed(children):
+                    parents[child] = node
+                    push((child, inner_scope))
         self.calls.sort(key=lambda c: self.order[c])
         for call in self.calls:
             self._call_names[call] = self.qualname(call.func)
@@ -320,6 +355,14 @@ class ModuleContext:
             end_cell_line = self.unit.cell_line(end_line)[1] if end_line else None
             return Location(cell_line, col, end_cell_line, end_col, cell)
         return Location(line, col, end_line, end_col)
+
+    def nodes_of(self, *types: type) -> list[ast.AST]:
+        """All nodes of these exact AST types, in source order (no second walk of the tree)."""
+        if len(types) == 1:
+            return list(self.by_type.get(types[0], ()))
+        found = [n for t in types for n in self.by_type.get(t, ())]
+        found.sort(key=self.order.__getitem__)
+        return found
 
     def mentions(self, *words: str) -> bool:
         return any(w in self.source for w in words)
@@ -701,6 +744,11 @@ def kwarg(call: ast.Call, name: str, position: int | None = None) -> ast.expr | 
 
 def has_kwargs_splat(call: ast.Call) -> bool:
     return any(kw.arg is None for kw in call.keywords)
+
+
+_BINDING_NODES = frozenset(
+    {ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr, ast.For, ast.AsyncFor, ast.comprehension, ast.With, ast.AsyncWith}
+)
 
 
 def _all_args(args: ast.arguments) -> Iterable[ast.arg]:
