@@ -108,7 +108,6 @@ def _init_call_sites(ctx: ModuleContext, func: ast.AST) -> list[tuple[ast.Call, 
     return [(call, _bind(params, call)) for call in _call_index(ctx).get(klass.name, []) if isinstance(call.func, ast.Name)]
 
 
-_BRANCHES = (ast.If, ast.Try, ast.For, ast.AsyncFor, ast.While, ast.With, ast.Match) if hasattr(ast, "Match") else (ast.If, ast.Try, ast.For, ast.AsyncFor, ast.While, ast.With)
 
 
 def conditional(ctx: ModuleContext, key: str, record: Any, use: ast.AST) -> bool:
@@ -260,11 +259,24 @@ def _resolve_param(ctx: ModuleContext, func: ast.AST, name: str, depth: int) -> 
     return None
 
 
+#: calls that wrap a model and behave like it
+MODEL_WRAPPERS = {
+    "torch.nn.DataParallel",
+    "torch.nn.parallel.DataParallel",
+    "torch.nn.parallel.DistributedDataParallel",
+    "torch.nn.parallel.distributed.DistributedDataParallel",
+    "torch.compile",
+}
+
+
 def construction(ctx: ModuleContext, node: ast.AST | None, depth: int = 0) -> ast.AST | None:
     """The constructor call a model expression comes from: `resolve_deep`, then through calls
     of local builder functions (`model = build_model().to(device)` -> the `resnet50(...)`
     call that `build_model` returns, when all its returns agree)."""
     node = unwrap(resolve_deep(ctx, node))
+    while isinstance(node, ast.Call) and ctx.call_name(node) in MODEL_WRAPPERS and node.args and depth < 6:
+        depth += 1
+        node = unwrap(resolve_deep(ctx, node.args[0]))  # nn.DataParallel(model), torch.compile(model)
     while isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ctx.functions and depth < 6:
         defs = ctx.functions[node.func.id]
         if len(defs) != 1:
@@ -878,6 +890,10 @@ def _keras_loop_losses(ctx: ModuleContext) -> list[KerasTraining]:
         return out
     if not ctx.mentions("rossentropy", "with_logits"):
         return out
+    # loss objects built in this file; without any, only direct function calls can be losses
+    has_loss_objects = any(
+        (ctx.call_name(c) or "").startswith("keras.losses.") and last(ctx.call_name(c)) in _LOSS_CLASSES for c in ctx.calls if not isinstance(c.func, ast.Call)
+    )
     for call in ctx.calls:
         if len(call.args) < 2 and kwarg(call, "y_pred") is None and kwarg(call, "logits") is None:
             continue
@@ -885,7 +901,7 @@ def _keras_loop_losses(ctx: ModuleContext) -> list[KerasTraining]:
         pred: ast.AST | None = None
         if isinstance(call.func, ast.Call):
             ctor = call.func
-        elif ctx.call_name(call) is None and isinstance(call.func, (ast.Name, ast.Attribute)):
+        elif has_loss_objects and ctx.call_name(call) is None and isinstance(call.func, (ast.Name, ast.Attribute)):
             ctor = resolve_deep(ctx, call.func)
         else:
             ctor = None
@@ -960,6 +976,8 @@ def _torch_module_out(ctx: ModuleContext, module: ast.AST | None, depth: int) ->
     if not isinstance(module, ast.Call) or depth > 10:
         return None
     name = ctx.call_name(module)
+    if name in MODEL_WRAPPERS and module.args:
+        return _torch_module_out(ctx, construction(ctx, module.args[0]), depth + 1)
     if name == TORCH_LINEAR:
         return TorchOut("linear", module)
     if name in TORCH_ACT_MODULES:
@@ -1238,7 +1256,9 @@ def torch_loss_calls(ctx: ModuleContext) -> list[TorchLossCall]:
     if "torch_losses" in cache:
         return cache["torch_losses"]
     out: list[TorchLossCall] = []
-    class_losses = ctx.mentions("CrossEntropyLoss", "BCEWithLogitsLoss", "NLLLoss")
+    class_losses = ctx.mentions("CrossEntropyLoss", "BCEWithLogitsLoss", "NLLLoss") and any(
+        ctx.call_name(c) in TORCH_LOSS_CLASSES for c in ctx.calls if not isinstance(c.func, ast.Call)
+    )
     if "torch" in ctx.frameworks or ctx.star_imports:
         for call in ctx.calls:
             name = None if isinstance(call.func, ast.Call) else ctx.call_name(call)

@@ -95,7 +95,7 @@ _CONSUMERS = frozenset(
 class PreprocFn:
     """A `preprocess_input` of one `keras.applications` module, with its mode."""
 
-    __slots__ = ("module", "mode")
+    __slots__ = ("mode", "module")
 
     def __init__(self, module: str, mode: str | None):
         self.module = module
@@ -111,7 +111,7 @@ class PreprocFn:
     def source(self) -> str:
         return f"keras.applications.{self.module}"
 
-    def with_mode(self, mode: str) -> "PreprocFn":
+    def with_mode(self, mode: str) -> PreprocFn:
         return PreprocFn(self.module, mode)
 
 
@@ -119,7 +119,7 @@ class Use:
     """One use of a `preprocess_input`: `node` is where to report (the call, or the reference
     passed along); `call` is set when it is invoked there."""
 
-    __slots__ = ("node", "fn", "call")
+    __slots__ = ("call", "fn", "node")
 
     def __init__(self, node: ast.AST, fn: PreprocFn, call: ast.Call | None):
         self.node = node
@@ -134,7 +134,7 @@ class Step:
     `fn.mode`), "normlayer" (a Keras Normalization layer) or "norm" (anything else that
     normalises in a way we cannot compute: mean/std arithmetic, featurewise_center, ...)."""
 
-    __slots__ = ("kind", "node", "label", "a", "b", "fn", "note")
+    __slots__ = ("a", "b", "fn", "kind", "label", "node", "note")
 
     def __init__(self, kind: str, node: ast.AST, label: str, a: float = 1.0, b: float = 0.0, fn: PreprocFn | None = None, note: str = ""):
         self.kind = kind
@@ -149,7 +149,7 @@ class Step:
 class App:
     """A Keras application in the file, with the input it expects (None: unknown)."""
 
-    __slots__ = ("info", "expected")
+    __slots__ = ("expected", "info")
 
     def __init__(self, info, expected: str | None):
         self.info = info
@@ -170,7 +170,7 @@ class App:
 class Pipeline:
     """Steps in data order, ending at `app` (None: the model is unknown)."""
 
-    __slots__ = ("steps", "app", "origin")
+    __slots__ = ("app", "origin", "steps")
 
     def __init__(self, steps: list[Step], app: App | None, origin: str):
         self.steps = steps
@@ -200,7 +200,7 @@ def range_text(lo: float, hi: float) -> str:
 
 def _num(v: float) -> str:
     if abs(v - round(v)) < 1e-9:
-        return str(int(round(v)))
+        return str(round(v))
     if abs(v) >= 10:
         return f"{v:.1f}"
     return f"{v:.3g}"
@@ -220,10 +220,10 @@ def mode_range(mode: str, lo: float = 0.0, hi: float = 255.0) -> tuple[float, fl
 
 
 # ----------------------------------------------------------------------------- the analysis
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def analysis(ctx) -> "Analysis":
+def analysis(ctx) -> Analysis:
     found = _CACHE.get(ctx)
     if found is None:
         found = Analysis(ctx)
@@ -677,9 +677,7 @@ class Analysis:
             self._trace_binop(node, env, d, out, seen)
         elif isinstance(node, ast.Call):
             self._trace_call(node, env, d, out, seen)
-        elif isinstance(node, ast.Subscript):
-            self._trace(node.value, env, d, out, seen)
-        elif isinstance(node, ast.NamedExpr):
+        elif isinstance(node, (ast.Subscript, ast.NamedExpr)):
             self._trace(node.value, env, d, out, seen)
 
     def _trace_ref(self, node: ast.AST, env: dict, depth: int, out: list[Step], seen: set) -> None:
@@ -771,7 +769,7 @@ class Analysis:
                     continue
                 return a, b, node, True
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-                a, b = -a, b
+                a = -a
                 node = node.operand
                 continue
             if isinstance(node, ast.Call):
@@ -1345,7 +1343,7 @@ class Analysis:
 class Verdict:
     """What one pipeline says about a step: ok, or a finding for `rule` with message params."""
 
-    __slots__ = ("rule", "params")
+    __slots__ = ("params", "rule")
 
     def __init__(self, rule: str | None, params: dict | None = None):
         self.rule = rule

@@ -59,11 +59,16 @@ def is_inference_name(name: str) -> bool:
     """`predict`, `evaluate_model`, `run_inference`, `val_epoch`, `testStep`; not
     `train_and_evaluate`, `value`, `tester`."""
     parts = name_parts(name)
-    if not parts or any(p in TRAIN_PARTS for p in parts):
+    if not parts or any(p in TRAIN_PARTS for p in parts) or is_unit_test_name(name):
         return False
     if any(p in INFER_PARTS for p in parts):
         return True
     return any(p.startswith(INFER_PREFIXES) for p in parts)
+
+
+def is_unit_test_name(name: str) -> bool:
+    """pytest / unittest test functions (`test_forward`, `testShapes`), not Keras' `test_step`."""
+    return (name.startswith("test_") or (name.startswith("test") and name[4:5].isupper())) and name != "test_step"
 
 
 def is_training_name(name: str) -> bool:

@@ -10,11 +10,20 @@ Rule-specific; not a rule module (the leading underscore keeps the registry out)
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from auditor import knowledge
-from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, UNKNOWN, ModelInfo, ModuleContext, _all_args, _binop, kwarg
+from auditor.analysis.context import (
+    MODEL_PASSTHROUGH_METHODS,
+    UNKNOWN,
+    ModelInfo,
+    ModuleContext,
+    _all_args,
+    _binop,
+    kwarg,
+)
 from auditor.analysis.names import last
 
 # ---------------------------------------------------------------------------------- families
@@ -320,8 +329,8 @@ def with_binding(ctx: ModuleContext, node: ast.AST, key: str) -> ast.AST | None:
 
 
 def param_owner(ctx: ModuleContext, node: ast.AST, name: str) -> ast.AST | None:
-    """The function whose parameter `name` is, as seen from a use inside its body
-    (`assignment_at` skips parameter records: their FunctionDef contains the use)."""
+    """The function whose parameter `name` is, as seen from a use inside its body (older
+    contexts' `assignment_at` skipped parameter records: their FunctionDef contains the use)."""
     if "." in name or "[" in name:
         return None
     for anc in ctx.ancestors(node):
@@ -358,7 +367,7 @@ def param_arguments(ctx: ModuleContext, func: ast.AST, key: str) -> list[ast.AST
     """Every expression a parameter receives: the argument at each call site, else the default."""
     found: list[ast.AST] = []
     sites = call_sites_of(ctx, func)
-    default = _param_default(func, key)
+    default = param_default(func, key)
     for _, bound in sites:
         if key in bound:
             found.append(bound[key])
@@ -372,14 +381,15 @@ def param_arguments(ctx: ModuleContext, func: ast.AST, key: str) -> list[ast.AST
 def value(ctx: ModuleContext, node: ast.AST | None, depth: int = 0) -> Any:
     """`ctx.value`, plus parameters inside their own function (every call site and the
     default must agree) and `self.x` set from an `__init__` parameter."""
-    v = ctx.value(node)
-    if v is not UNKNOWN or node is None or depth > 8:
-        return v
+    if node is None or depth > 8:
+        return UNKNOWN
     d = depth + 1
     if isinstance(node, ast.Name):
+        # parameters first: every call site must agree, `__init__` through its class
         func = param_owner(ctx, node, node.id)
-        if func is None or ctx.assignment_at(node.id, node) is not None:
-            return UNKNOWN
+        record = ctx.assignment_at(node.id, node)
+        if func is None or (record is not None and record.stmt is not func):
+            return ctx.value(node)
         args = param_arguments(ctx, func, node.id)
         if not args:
             return UNKNOWN
@@ -387,6 +397,9 @@ def value(ctx: ModuleContext, node: ast.AST | None, depth: int = 0) -> Any:
         if all(x is not UNKNOWN and x == values[0] for x in values):
             return values[0]
         return UNKNOWN
+    v = ctx.value(node)
+    if v is not UNKNOWN:
+        return v
     if isinstance(node, ast.Attribute):
         key = ctx.key(node)
         record = ctx.assignment_at(key, node) if key else None
@@ -470,6 +483,8 @@ def records_at(ctx: ModuleContext, key: str, node: ast.AST, depth: int = 0) -> l
     record = ctx.assignment_at(key, node)
     if record is None or depth > 6:
         return []
+    if record.value is None and isinstance(record.stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        return [record]  # a parameter
     inside = {id(a) for a in ctx.ancestors(node)}
     extras: list = []
     child = record.stmt
@@ -531,7 +546,8 @@ def _tuple_item(ctx: ModuleContext, value: ast.AST, index: int) -> list[ast.AST]
     return []
 
 
-def _param_default(func: ast.AST, name: str) -> ast.expr | None:
+def param_default(func: ast.AST, name: str) -> ast.expr | None:
+    """The default expression of a parameter, None when it has none."""
     args = func.args  # type: ignore[attr-defined]
     positional = args.posonlyargs + args.args
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
@@ -571,24 +587,30 @@ class PretrainedFinder:
         self._class_cache: dict[int, list[ModelInfo]] = {}
 
     def pretrained(self, info: ModelInfo) -> bool | None:
-        """`info.pretrained`, re-read with parameter resolution where the context gave up
-        (`models.resnet18(pretrained=use_pretrained)` inside a helper)."""
-        if info.pretrained is not None:
-            return info.pretrained
+        """`info.pretrained`, re-read with this module's parameter resolution when the flag is
+        an expression (`models.resnet18(pretrained=use_pretrained)` in a helper, or a class
+        built with `Net(pretrained_backbone=False)`); the context's answer otherwise."""
+        mine = self._pretrained_flag(info)
+        return info.pretrained if mine is None else mine
+
+    def _pretrained_flag(self, info: ModelInfo) -> bool | None:
         call = info.call
         if info.framework == "keras":
-            weights = value(self.ctx, kwarg(call, "weights", 1))
+            node = kwarg(call, "weights", 1)
+            if node is None or isinstance(node, ast.Constant):
+                return None
+            weights = value(self.ctx, node)
             return None if weights is UNKNOWN else isinstance(weights, str)
         for flag in ("pretrained", "weights"):
             node = kwarg(call, flag, 1 if (flag == "pretrained" and info.framework == "timm") else None)
-            if node is None:
+            if node is None or isinstance(node, (ast.Constant, ast.Attribute)):
                 continue
             v = value(self.ctx, node)
             if v is UNKNOWN:
                 return None
             if flag == "pretrained":
                 return bool(v) if isinstance(v, (bool, int)) else None
-            return v is not None
+            return None if v is not None and not isinstance(v, str) else v is not None
         return None
 
     def info(self, node: ast.AST) -> ModelInfo | None:

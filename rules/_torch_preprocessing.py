@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import ast
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Iterable
+from typing import Any
 
 from auditor import knowledge
 from auditor.analysis.context import UNKNOWN, ModelInfo, ModuleContext, kwarg
@@ -36,7 +37,7 @@ TV_TRANSFORM_MODULES = ("torchvision.transforms", "torchvision.transforms.v2", "
 TV_FUNCTIONAL_MODULES = ("torchvision.transforms.functional", "torchvision.transforms.v2.functional", "torchvision.transforms.functional_tensor")
 ALB_MODULES = ("albumentations", "albumentations.augmentations", "albumentations.augmentations.transforms", "albumentations.core.composition", "albumentations.pytorch", "albumentations.pytorch.transforms", "albumentations.augmentations.transforms.Normalize")
 
-COMPOSE_NAMES = {"Compose", "Sequential", "RandomApply", "RandomChoice", "RandomOrder", "OneOf", "SomeOf", "Sequential"}
+COMPOSE_NAMES = {"Compose", "Sequential", "RandomApply", "RandomChoice", "RandomOrder", "OneOf", "SomeOf"}
 
 #: names that are L2 / unicode normalisation, not mean/std
 L2_NORMALIZE = {
@@ -133,11 +134,7 @@ def is_tensor_conversion(ctx: ModuleContext, call: ast.Call) -> bool:
         return True
     if is_tv_transform(ctx, call, "ToDtype"):
         return ctx.value(kwarg(call, "scale", 1)) is True
-    if is_tv_functional(ctx, call, "to_tensor"):
-        return True
-    if is_albumentations(ctx, call, "ToTensorV2", "ToTensor"):
-        return True
-    return False
+    return is_tv_functional(ctx, call, "to_tensor") or is_albumentations(ctx, call, "ToTensorV2", "ToTensor")
 
 
 # ---------------------------------------------------------------------------- evidence of normalisation
@@ -156,13 +153,7 @@ def normalization_evidence(ctx: ModuleContext) -> list[ast.AST]:
         full = (qual or ctx.key(func) or fname).lower()
         if qual in L2_NORMALIZE or "l2_norm" in lower:
             continue
-        if "normaliz" in lower or "standardiz" in lower:
-            found.append(call)
-        elif fname == "transforms" and isinstance(func, ast.Attribute):  # weights.transforms()
-            found.append(call)
-        elif qual and qual.startswith("timm.") and any(w in lower for w in ("config", "transform", "loader")):
-            found.append(call)
-        elif any(w in full for w in ("processor", "featureextractor", "feature_extractor")):
+        if "normaliz" in lower or "standardiz" in lower or fname == "transforms" and isinstance(func, ast.Attribute) or qual and qual.startswith("timm.") and any(w in lower for w in ("config", "transform", "loader")) or any(w in full for w in ("processor", "featureextractor", "feature_extractor")):
             found.append(call)
         elif lower in ("sub_", "sub", "div_", "div") and isinstance(func, ast.Attribute) and (
             (isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Attribute) and func.value.func.attr in ("sub_", "sub"))
@@ -196,12 +187,12 @@ def arithmetic_renormalization(ctx: ModuleContext) -> list[ast.AST]:
     found = [n for n in normalization_evidence(ctx) if not isinstance(n, (ast.Call, ast.Attribute)) or _is_sub_div(n)]
     for node in ast.walk(ctx.tree):
         if isinstance(node, ast.BinOp):
-            if isinstance(node.op, ast.Div) and isinstance(node.left, ast.BinOp) and isinstance(node.left.op, ast.Add):
-                if _const(node.right) == 2 and _const(node.left.right) == 1:
-                    found.append(node)  # (x + 1) / 2
-            elif isinstance(node.op, ast.Add) and isinstance(node.left, ast.BinOp) and isinstance(node.left.op, ast.Mult):
-                if _const(node.right) == 0.5 and _const(node.left.right) == 0.5:
-                    found.append(node)  # x * 0.5 + 0.5
+            left = node.left
+            if isinstance(left, ast.BinOp) and (
+                (isinstance(node.op, ast.Div) and isinstance(left.op, ast.Add) and _const(node.right) == 2 and _const(left.right) == 1)
+                or (isinstance(node.op, ast.Add) and isinstance(left.op, ast.Mult) and _const(node.right) == 0.5 and _const(left.right) == 0.5)
+            ):
+                found.append(node)  # (x + 1) / 2, x * 0.5 + 0.5
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("div", "div_", "add", "add_"):
             inner = node.func.value
             if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr in ("add", "add_", "mul", "mul_"):
@@ -420,6 +411,8 @@ class Expectation:
 
     @property
     def name(self) -> str:
+        if self.model.framework == "timm" and not self.model.family:
+            return "a timm model"
         return self.model.arch
 
     def describe(self) -> str:
@@ -432,9 +425,78 @@ class Expectation:
         return f"{self.source} use one of the known stat sets ({names})"
 
 
-def expectation(model: ModelInfo) -> Expectation | None:
+def pretrained_through_parameter(ctx: ModuleContext, model: ModelInfo) -> bool | None:
+    """`timm.create_model(name, pretrained=pretrained)` inside `def __init__(self, cfg,
+    pretrained=False)` (or a builder function): pretrained when every call site of the
+    enclosing function (instantiations of the class, for `__init__`) passes a true value."""
+    if model.framework not in ("timm", "torchvision"):
+        return None
+    if model.framework == "timm":
+        node = kwarg(model.call, "pretrained", 1)
+    else:
+        node = kwarg(model.call, "weights") or kwarg(model.call, "pretrained")
+    if not isinstance(node, ast.Name):
+        return None
+    func = ctx.enclosing_function(model.call)
+    if func is None:
+        return None
+    params = [a.arg for a in func.args.posonlyargs + func.args.args]  # type: ignore[attr-defined]
+    kwonly = [a.arg for a in func.args.kwonlyargs]  # type: ignore[attr-defined]
+    if node.id not in params + kwonly:
+        return None
+    record = ctx.assignments.get(node.id, [])
+    if any(r.stmt is not func and r.scope is func for r in record):
+        return None  # reassigned inside the function
+    klass = ctx.enclosing_class(func)
+    if func.name == "__init__" and klass is not None:  # type: ignore[attr-defined]
+        sites = [c for c in ctx.calls if isinstance(c.func, ast.Name) and c.func.id == klass.name]
+    else:
+        sites = ctx.call_sites(func)
+    if params and params[0] in ("self", "cls"):
+        params = params[1:]
+    default = _param_default(func, node.id)
+    values = []
+    for call in sites:
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(kw.arg is None for kw in call.keywords):
+            return None
+        bound = {kw.arg: kw.value for kw in call.keywords}
+        for name, arg in zip(params, call.args):
+            bound.setdefault(name, arg)
+        values.append(bound.get(node.id, default))
+    if not sites:
+        values.append(default)
+    verdicts = [_truthy_weights(ctx, v, model.framework) for v in values]
+    return True if verdicts and all(v is True for v in verdicts) else None
+
+
+def _param_default(func: ast.AST, name: str) -> ast.expr | None:
+    args = func.args  # type: ignore[attr-defined]
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
+    for arg, default in pairs:
+        if arg.arg == name:
+            return default
+    return None
+
+
+def _truthy_weights(ctx: ModuleContext, node: ast.AST | None, framework: str) -> bool | None:
+    if node is None:
+        return None
+    value = ctx.value(node)
+    if value is True or (isinstance(value, str) and value and framework == "torchvision"):
+        return True
+    if framework == "torchvision" and isinstance(node, ast.Attribute) and "Weights" in (ctx.key(node) or ""):
+        return True
+    return None
+
+
+def expectation(model: ModelInfo, ctx: ModuleContext | None = None) -> Expectation | None:
     """None where the model is not one these rules judge (not pretrained, unknown source)."""
-    if model.pretrained is not True:
+    pretrained = model.pretrained
+    if pretrained is None and ctx is not None:
+        pretrained = pretrained_through_parameter(ctx, model)
+    if pretrained is not True:
         return None
     if model.framework == "torchvision":
         kind = knowledge.torchvision_kind(model.arch)
@@ -525,7 +587,14 @@ class Flow:
         self.where: dict[frozenset, ast.AST | None] = {}
         self.class_labels: dict[ast.ClassDef, frozenset] = {}
         self._memo: dict[ast.AST, frozenset] = {}
+        self._lookups: dict = {}
         self._func_returns = self._collect_returns()
+        self._mutation_sites = [
+            n
+            for n in ast.walk(ctx.tree)
+            if (isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets))
+            or (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _MUTATORS)
+        ]
         self._classes_by_id = {id(k): k for k in ctx.classes.values()}
         self._compute_class_labels()
         self._propagate()
@@ -611,6 +680,14 @@ class Flow:
     def lookup(self, key: str, node: ast.AST):
         """`ctx.assignment_at`, plus the bindings it leaves out for a use inside their own
         statement: the target of an enclosing `for` / `with`, and a function's parameters."""
+        cache_key = (key, node)
+        if cache_key in self._lookups:
+            return self._lookups[cache_key]
+        result = self._lookup(key, node)
+        self._lookups[cache_key] = result
+        return result
+
+    def _lookup(self, key: str, node: ast.AST):
         ctx = self.ctx
         record = ctx.assignment_at(key, node)
         if "." in key or "[" in key:
@@ -618,9 +695,7 @@ class Flow:
         records = ctx.assignments.get(key, ())
         child: ast.AST = node
         for anc in ctx.ancestors(node):
-            if isinstance(anc, (ast.For, ast.AsyncFor)) and child not in (anc.iter, anc.target):
-                binding = [r for r in records if r.stmt is anc]
-            elif isinstance(anc, (ast.With, ast.AsyncWith)) and child not in anc.items:
+            if isinstance(anc, (ast.For, ast.AsyncFor)) and child not in (anc.iter, anc.target) or isinstance(anc, (ast.With, ast.AsyncWith)) and child not in anc.items:
                 binding = [r for r in records if r.stmt is anc]
             elif isinstance(anc, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
                 binding = [r for r in records if any(r.stmt is g for g in anc.generators) and r.stmt is not child]
@@ -658,9 +733,7 @@ class Flow:
         if isinstance(func, ast.Name) and func.id in _OPAQUE_BUILTINS and func.id not in self.ctx.imports and func.id not in self.ctx.functions:
             return True
         qual = self.ctx.call_name(call) or ""
-        if qual.startswith("torch.nn.") and last(qual)[:1].isupper() and last(qual) not in _NN_CONTAINERS:
-            return True
-        return False
+        return qual.startswith("torch.nn.") and last(qual)[:1].isupper() and last(qual) not in _NN_CONTAINERS
 
     def local_defs(self, call: ast.Call) -> list[ast.AST]:
         ctx = self.ctx
@@ -692,7 +765,6 @@ class Flow:
         return frozenset(out)
 
     def _record_labels(self, rec) -> frozenset:
-        ctx = self.ctx
         out: set = set(self.mutations.get(id(rec), ()))
         stmt = rec.stmt
         if rec.value is not None:
@@ -731,7 +803,7 @@ class Flow:
             if rec is not None:
                 muts.setdefault(id(rec), set()).update(labs)
 
-        for node in ast.walk(self.ctx.tree):
+        for node in self._mutation_sites:
             if isinstance(node, ast.Assign):
                 labs = None
                 for t in node.targets:
@@ -885,6 +957,23 @@ class Analysis:
     norms: list[NormalizeCall]
     roots: list[ast.expr]
 
+    _evidence: list[ast.AST] | None = None
+    _renormalization: list[ast.AST] | None = None
+
+    @property
+    def evidence(self) -> list[ast.AST]:
+        """`normalization_evidence(ctx)`, computed once per module."""
+        if self._evidence is None:
+            self._evidence = normalization_evidence(self.ctx)
+        return self._evidence
+
+    @property
+    def renormalization(self) -> list[ast.AST]:
+        """`arithmetic_renormalization(ctx)`, computed once per module."""
+        if self._renormalization is None:
+            self._renormalization = arithmetic_renormalization(self.ctx)
+        return self._renormalization
+
     def judged(self) -> list[ModelEntity]:
         return [e for e in self.entities if e.expectation is not None]
 
@@ -926,7 +1015,7 @@ class Analysis:
         return judged, False
 
 
-_CACHE: "weakref.WeakKeyDictionary[ModuleContext, Analysis]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[ModuleContext, Analysis] = weakref.WeakKeyDictionary()
 
 
 def analyse(ctx: ModuleContext) -> Analysis:
@@ -935,7 +1024,7 @@ def analyse(ctx: ModuleContext) -> Analysis:
         return cached
     entities: list[ModelEntity] = []
     for info in ctx.models:
-        exp = expectation(info)
+        exp = expectation(info, ctx)
         det = info.framework == "torchvision" and knowledge.torchvision_kind(info.arch) == "detection"
         entities.append(ModelEntity(info.call, info.call, exp, det))
     module_classes = _module_like_classes(ctx)
@@ -1020,6 +1109,11 @@ def display_name(ctx: ModuleContext, node: ast.AST) -> str:
                     return f"{key}[{k.value!r}]"
     if isinstance(parent, ast.keyword) and parent.arg:
         return f"the {parent.arg}= pipeline"
+    if isinstance(parent, ast.Return) and isinstance(node, ast.Call):
+        func = ctx.enclosing_function(node)
+        name = last(ctx.call_name(node) or ctx.key(node.func) or "") or "pipeline"
+        if func is not None:
+            return f"the {name} returned by {func.name}()"  # type: ignore[attr-defined]
     if isinstance(node, ast.Call):
         name = last(ctx.call_name(node) or ctx.key(node.func) or "")
         if name in COMPOSE_NAMES:

@@ -95,6 +95,8 @@ class KerasFrozenBaseTrainingMode(StaticRule):
             ident = tuple(sorted(id(o) for o in base_origins))
             if ident in done:
                 continue
+            if not all(_is_model(ctx, a, o) for o in a.deep_origins(shallow)):
+                continue  # a single frozen layer, not a base model
             bn, _, label = a.keras_features(_probe_node(ctx, ev))
             if bn is not True:
                 continue
@@ -132,6 +134,14 @@ class KerasFrozenBaseTrainingMode(StaticRule):
                     fix_text=fix_text,
                     evidence={"base": ev.target, "unfrozen_later": unfreeze is not None},
                 )
+
+
+def _is_model(ctx, a, origin: ast.AST) -> bool:
+    """A model (application, Sequential, functional, subclass), not a single layer."""
+    name = ctx.call_name(origin) if isinstance(origin, ast.Call) else None
+    if name and name.startswith("keras.layers."):
+        return False
+    return True
 
 
 def _base_name(ctx, node: ast.AST) -> str | None:
@@ -191,6 +201,9 @@ def _usages(ctx, a, origins: list[ast.AST]):
             inputs = call.args[0] if call.args else kwarg(call, "inputs")
             func = ctx.enclosing_function(call)
             in_call_method = func is not None and func.name == "call" and ctx.enclosing_class(call) is not None
+            building = in_call_method or (inputs is not None and a.reaches_keras_input(inputs))
+            if not building:
+                continue  # an eager call on data, not part of a model that fit() trains
             if training is not None:
                 value = ctx.value(training)
                 if value is False:
@@ -205,8 +218,7 @@ def _usages(ctx, a, origins: list[ast.AST]):
             if in_call_method:
                 yield call, "is called inside call() without training=False", f"Call it as {fkey}(x, training=False).", None
                 continue
-            if inputs is not None and a.reaches_keras_input(inputs):
-                yield call, f"is called as {fkey}({_short(inputs)}) in a functional model without training=False", f"Call it as {fkey}({_short(inputs)}, training=False).", None
+            yield call, f"is called as {fkey}({_short(inputs)}) in a functional model without training=False", f"Call it as {fkey}({_short(inputs)}, training=False).", None
             continue
         # keras.Sequential([base, ...])
         if name == "keras.Sequential":

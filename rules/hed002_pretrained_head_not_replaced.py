@@ -84,8 +84,11 @@ class PretrainedHeadNotReplaced(StaticRule):
     NUM_CLASSES = 5
 
     base = keras.applications.ResNet50(weights="imagenet", include_top=False, pooling="avg")
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax")(base.output)
-    model = keras.Model(base.input, outputs)
+    base.trainable = False
+    inputs = keras.Input((224, 224, 3))
+    features = base(inputs, training=False)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax")(features)
+    model = keras.Model(inputs, outputs)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     ```
 
@@ -194,6 +197,14 @@ class PretrainedHeadNotReplaced(StaticRule):
         )
 
 
+#: libraries whose functions do not replace a model's head
+_KNOWN_LIBRARIES = (
+    "torch.", "torchvision.", "timm.", "numpy.", "keras.", "tensorflow.", "copy.", "torchsummary.", "torchinfo.",
+    "thop.", "fvcore.", "wandb.", "mlflow.", "pytorch_lightning.", "lightning.", "matplotlib.", "tqdm.",
+)
+_BUILTINS = {"print", "len", "isinstance", "type", "str", "repr", "id", "list", "dict", "getattr", "hasattr", "vars", "dir", "iter", "next", "enumerate", "zip", "sum"}
+
+
 def _torch_label(ctx, info: ModelInfo) -> str:
     if info.framework == "timm":
         return f"timm.create_model({info.arch!r}, pretrained=True)"
@@ -211,10 +222,12 @@ def _base_name(node):
 
 
 def _compiled_or_fitted(ctx, info: ModelInfo) -> bool:
-    for call in ctx.method_calls("compile", "fit", "fit_generator", "train_on_batch"):
-        if _resolves_to(ctx, call.func.value, info.call):
-            return True
-    return False
+    """Fitted, or compiled and not only evaluated (compiling an ImageNet model to evaluate it on
+    ImageNet is fine)."""
+    uses = {call.func.attr for call in ctx.method_calls("compile", "fit", "fit_generator", "train_on_batch", "evaluate", "evaluate_generator") if _resolves_to(ctx, call.func.value, info.call)}
+    if uses & {"fit", "fit_generator", "train_on_batch"}:
+        return True
+    return "compile" in uses and not uses & {"evaluate", "evaluate_generator"}
 
 
 def _keras_top_removed(ctx, info: ModelInfo) -> bool:
@@ -256,9 +269,8 @@ def _built_on_output(ctx, info: ModelInfo) -> bool:
         if ctx.call_name(call) != KERAS_SEQUENTIAL:
             continue
         elements = _sequential_elements(ctx, call) or []
-        for i, element in enumerate(elements[:-1]):
-            if _resolves_to(ctx, element, info.call):
-                return True
+        if any(_resolves_to(ctx, element, info.call) for element in elements[:-1]):
+            return True
     return False
 
 
@@ -267,10 +279,21 @@ def _head_replaced_somewhere(ctx, info: ModelInfo) -> bool:
     for h in head_assignments(ctx):
         if h.base_model is info.call or not _is_other_model(ctx, h.base_model, info):
             return True
-    for call in ctx.method_calls("reset_classifier", "replace_head", "reset_head"):
+    if any(True for _ in ctx.method_calls("reset_classifier", "replace_head", "reset_head")):
         return True
     for call in ctx.calls:
         if isinstance(call.func, ast.Name) and call.func.id == "setattr" and call.args and _resolves_to(ctx, call.args[0], info.call):
+            return True
+        # handed to a helper imported from the project (`set_head(model, n)`): it may replace the head
+        if isinstance(call.func, ast.Call) or not call.args:
+            continue
+        name = ctx.call_name(call)
+        if name is not None:
+            foreign = not name.startswith(_KNOWN_LIBRARIES) and name not in _BUILTINS
+        else:
+            f = call.func
+            foreign = isinstance(f, ast.Name) and f.id not in ctx.functions and f.id not in ctx.classes and f.id not in ctx.assignments and f.id not in _BUILTINS
+        if foreign and any(_resolves_to(ctx, a, info.call) for a in call.args):
             return True
     # any module assigned as an attribute of this model: `model.last_layer = nn.Linear(...)`
     for key, records in ctx.assignments.items():

@@ -37,7 +37,14 @@ class SoftmaxSingleUnit(StaticRule):
     Covers every spelling of the activation (`"softmax"`, `tf.nn.softmax`,
     `keras.activations.softmax`, a following `Activation("softmax")` or `Softmax()` layer,
     `F.softmax(self.fc(x), dim=1)` in a `forward`) in Sequential, functional and subclassed
-    models.
+    models, and `functools.partial(Dense, ...)` aliases.
+
+    A softmax over another axis of a one-unit output (attention pooling: one score per time
+    step, `Softmax(axis=1)`, `F.softmax(scores, dim=1)` inside an attention module, or after a
+    `squeeze`/`view`) is a correct pattern and is not reported; in PyTorch `dim=1` counts as
+    the unit axis only in a model's classifier head (a `model.fc = nn.Sequential(...)`
+    replacement, a top-level `nn.Sequential` model, or the last module of a model's
+    `forward`).
 
     ## Why is this bad?
     Softmax normalises over the units of the last axis. With one unit the result is

@@ -94,7 +94,10 @@ class TorchInferenceWithoutEval(StaticRule):
     fix = "Call {model}.eval() before {site_short} (and {model}.train() again before training resumes)."
 
     def check(self, ctx):
+        if "torch" not in ctx.frameworks:
+            return
         a = analysis(ctx)
+        self._trains_memo: dict = {}
         seen: set = set()
         for call in ctx.calls:
             found = self._site(ctx, call)
@@ -123,6 +126,15 @@ class TorchInferenceWithoutEval(StaticRule):
                 consequence=_consequence(desc, export),
                 evidence={"model": key, "site": where_short},
             )
+
+    def _trains(self, func: ast.AST) -> bool:
+        """Does the function run a training step (backward / optimizer step)?"""
+        if func not in self._trains_memo:
+            self._trains_memo[func] = any(
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("backward", "step", "zero_grad")
+                for node in ast.walk(func)
+            )
+        return self._trains_memo[func]
 
     # ------------------------------------------------------------------ sites
     def _site(self, ctx, call: ast.Call):
@@ -178,17 +190,11 @@ class TorchInferenceWithoutEval(StaticRule):
             if dec in _NO_GRAD:
                 short = "inference_mode" if "inference_mode" in dec else "no_grad"
                 return target, f"is called in @torch.{short}() function {func.name}()", f"calling {func.name}()", func, None
-        if is_inference_name(func.name) and not _trains(func):
+        if is_inference_name(func.name) and not self._trains(func):
             return target, f"is called in inference function {func.name}()", f"calling {func.name}()", func, None
         return None
 
 
-def _trains(func: ast.AST) -> bool:
-    """Does the function run a training step (backward / optimizer step)?"""
-    for node in ast.walk(func):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("backward", "step", "zero_grad"):
-            return True
-    return False
 
 
 def _consequence(desc, export: str | None) -> str:

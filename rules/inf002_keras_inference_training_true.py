@@ -110,6 +110,8 @@ class KerasInferenceTrainingTrue(StaticRule):
             bn, drop, label = a.keras_features(target)
             if not (bn or drop):
                 continue
+            if any(isinstance(o, ast.Call) and (ctx.call_name(o) or "").startswith("keras.layers.") for o in a.origins(target)):
+                continue  # a single layer exercised on its own (layer tests), not a model
             yield self.finding(
                 ctx,
                 call,

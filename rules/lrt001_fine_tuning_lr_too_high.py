@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ast
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from auditor import knowledge
 from auditor.analysis.context import UNKNOWN, ModuleContext, kwarg
@@ -13,13 +13,10 @@ from auditor.finding import Severity
 from auditor.rule import StaticRule
 
 from ._optimizers import (
-    _param_default as _param_default_of,
-    call_sites_of,
-    param_owner,
-    all_freezes,
-    value,
     OptimizerSpec,
     PretrainedFinder,
+    all_freezes,
+    call_sites_of,
     fmt,
     freeze_target_node,
     key_origins,
@@ -29,6 +26,9 @@ from ._optimizers import (
     model_label,
     optimizer_spec,
     origins,
+    param_default,
+    param_owner,
+    value,
 )
 
 #: attributes that hold a (new) classification head
@@ -45,6 +45,11 @@ BACKBONE_ATTRS = frozenset(
         "features", "backbone", "base", "base_model", "encoder", "body", "feature_extractor", "bert", "roberta",
         "distilbert", "deberta", "vit", "resnet", "pretrained", "pretrained_model", "cnn", "conv_base", "trunk",
     }
+)
+
+#: torchvision / timm / transformers trunk parts (frozen with the backbone)
+_TRUNK_ATTRS = frozenset(
+    {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "blocks", "stem", "stages", "embeddings", "patch_embed", "conv_stem", "encoder_layers"}
 )
 
 _SOURCES = {
@@ -262,10 +267,11 @@ class _Analysis:
             # optimizer with the freeze state at the call site that passes it
             owner = param_owner(ctx, opt_node, opt_node.id) if isinstance(opt_node, ast.Name) else None
             contexts = [(opt_node, None)]
-            if owner is not None and ctx.assignment_at(opt_node.id, opt_node) is None:
+            record = ctx.assignment_at(opt_node.id, opt_node) if owner is not None else None
+            if owner is not None and (record is None or record.stmt is owner):
                 sites = call_sites_of(ctx, owner)
                 if sites:
-                    default = _param_default_of(owner, opt_node.id)
+                    default = param_default(owner, opt_node.id)
                     contexts = [(bound.get(opt_node.id, default), site) for site, bound in sites]
             for expr, site in contexts:
                 if expr is None:
@@ -304,7 +310,7 @@ class _Analysis:
             return link
         # weights loaded into the model (or a part of it) before this compile
         parts = {id(i.call) for i in infos} | anchors
-        loaded = self._loaded_weights(parts, at, ("load_weights",))
+        loaded = self._loaded_weights(parts, at, ("load_weights",), receiver)
         if loaded:
             return Link(loaded, anchors, parts)
         return None
@@ -421,9 +427,7 @@ class _Analysis:
         `for g in opt.param_groups: g["lr"] = ...` (LR finders, manual schedules)."""
         ctx = self.ctx
         out: set[int] = set()
-        for node in ast.walk(ctx.tree):
-            if not isinstance(node, (ast.For, ast.AsyncFor)):
-                continue
+        for node in ctx.nodes_of(ast.For, ast.AsyncFor):
             it = node.iter
             if not (isinstance(it, ast.Attribute) and it.attr == "param_groups"):
                 continue
@@ -469,7 +473,10 @@ class _Analysis:
                     linked.append((hit, filt))
             if not linked:
                 continue
-            head_only = all(self._torch_part_head_only(link, sub, filt, spec.call) for (link, sub), filt in linked)
+            kinds = [self._torch_part_kind(link, sub, filt, spec.call) for (link, sub), filt in linked]
+            if all(k == "frozen" for k in kinds):
+                continue  # a group of frozen backbone parameters: nothing in it trains
+            head_only = all(k != "trainable" for k in kinds)
             link = linked[0][0][0]
             group = ""
             if len(groups) > 1:
@@ -480,7 +487,6 @@ class _Analysis:
     def _torch_link(self, receiver: ast.AST, at: ast.AST) -> tuple[Link, list[str]] | None:
         """Walk `model.backbone.layer4` down to the first part that holds pretrained weights;
         return the link and the attribute path below it."""
-        ctx = self.ctx
         path: list[str] = []
         node = receiver
         while node is not None:
@@ -493,6 +499,9 @@ class _Analysis:
             elif isinstance(node, ast.Subscript):
                 path.append("[...]")
                 node = node.value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_classifier":
+                path.append("classifier")  # timm: the head module
+                node = node.func.value
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get_submodule", "__getattr__"):
                 path.append("?")
                 node = node.func.value
@@ -531,15 +540,28 @@ class _Analysis:
                         return Link(model_label(ctx, pre[0]), anchors, {id(i.call) for i in pre})
         if not anchors or all(isinstance(o, (ast.Name, ast.Attribute)) for o in model_origins):
             return None
-        loaded = self._loaded_weights(anchors, at, ("load_state_dict",))
+        loaded = self._loaded_weights(anchors, at, ("load_state_dict",), node)
         if loaded:
             return Link(loaded, anchors, anchors)
         return None
 
     def _torch_part_head_only(self, link: Link, sub: list[str], filt: str | None, at: ast.AST) -> bool:
+        return self._torch_part_kind(link, sub, filt, at) != "trainable"
+
+    def _torch_part_kind(self, link: Link, sub: list[str], filt: str | None, at: ast.AST) -> str:
+        """'head' (a new head, or everything but a frozen backbone), 'frozen' (only frozen
+        backbone parameters) or 'trainable' (pretrained weights that train)."""
         sub = [s for s in sub if s != "module"]
         if filt == "head" or (sub and sub[0] in HEAD_ATTRS):
-            return True
+            return "head"
+        frozen = self._torch_backbone_frozen(link, at)
+        if not frozen:
+            return "trainable"
+        if sub and (sub[0] in BACKBONE_ATTRS or sub[0] in _TRUNK_ATTRS):
+            return "frozen"
+        return "head"
+
+    def _torch_backbone_frozen(self, link: Link, at: ast.AST) -> bool:
         state = "trainable"
         for event in all_freezes(self.ctx):
             if event.framework != "torch" or not may_run_before(self.ctx, event.node, at):
@@ -621,10 +643,12 @@ class _Analysis:
         return "partial" if partial else "full"
 
     # ------------------------------------------------------------------ loaded checkpoints
-    def _loaded_weights(self, anchors: set[int], at: ast.AST, methods: tuple[str, ...]) -> str | None:
+    def _loaded_weights(self, anchors: set[int], at: ast.AST, methods: tuple[str, ...], user: ast.AST) -> str | None:
         """A `model.load_state_dict(...)` / `model.load_weights(...)` of pretrained weights
         into one of `anchors` before `at`; not a resume (optimizer state loaded too, or a
-        branch on resume/exists) and not a checkpoint this same file writes."""
+        branch on resume/exists) and not a checkpoint this same file writes. `user` is the
+        model expression at `at`: a load in the same function must name the same variable
+        (two models built by one factory share their origin)."""
         ctx = self.ctx
         if any(self._is_optimizer(c.func.value) for c in ctx.method_calls("load_state_dict")):  # type: ignore[attr-defined]
             return None
@@ -641,6 +665,8 @@ class _Analysis:
                 node = node.value if isinstance(node, ast.Attribute) else None
             if not hit:
                 continue
+            if ctx.enclosing_function(call) is ctx.enclosing_function(user) and _root_key(ctx, call.func.value) != _root_key(ctx, user):  # type: ignore[attr-defined]
+                continue
             if self._in_resume_branch(call):
                 continue
             arg = call.args[0]
@@ -649,7 +675,7 @@ class _Analysis:
                 if isinstance(o, ast.Call) and isinstance(o.func, ast.Attribute) and o.func.attr == "state_dict":
                     src = self.finder.info(_first(origins(ctx, o.func.value)))
                     if src is not None and self.finder.pretrained(src):
-                        return f"{model_label(ctx, src)} (copied with load_state_dict)"
+                        return model_label(ctx, src)
             text = ctx.string_fragments(arg)
             for o in origins(ctx, arg):
                 if isinstance(o, ast.Call) and o.args:
@@ -659,11 +685,11 @@ class _Analysis:
                 continue  # this script's own checkpoint
             names = {ctx.call_name(o) or "" for o in origins(ctx, arg) if isinstance(o, ast.Call)}
             if any(n.endswith(("load_state_dict_from_url", "load_url")) for n in names):
-                return "weights downloaded with load_state_dict_from_url"
+                return "downloaded (load_state_dict_from_url)"
             path = next((w for w in words if "." in w or "/" in w), None)
             if path is None:
                 continue
-            return f"weights loaded from {path!r}"
+            return repr(path)
         return None
 
     def _saved_fragments(self) -> set[str]:
@@ -698,6 +724,15 @@ class _Analysis:
 
 
 # ---------------------------------------------------------------------- helpers
+def _root_key(ctx: ModuleContext, node: ast.AST) -> str | None:
+    """`model.module.backbone` -> 'model'; `self.net.fc` -> 'self.net'."""
+    key = ctx.key(node)
+    if not key:
+        return None
+    parts = key_parts(key)
+    return ".".join(parts[:2]) if parts[0] in ("self", "cls") and len(parts) > 1 else parts[0]
+
+
 def _first(items):
     return items[0] if items else None
 

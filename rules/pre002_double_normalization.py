@@ -5,7 +5,12 @@ from __future__ import annotations
 from auditor.finding import Severity
 from auditor.rule import StaticRule
 
-from ._keras_preprocessing import MODES, analysis, double_normalisations, scaling_findings
+from ._keras_preprocessing import (
+    MODES,
+    analysis,
+    double_normalisations,
+    scaling_findings,
+)
 
 
 class DoubleNormalization(StaticRule):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from auditor.finding import Severity
-from auditor.rule import StaticRule
-
 from auditor import knowledge
 from auditor.analysis.context import kwarg
+from auditor.finding import Severity
+from auditor.rule import StaticRule
 
 from . import _torch_preprocessing as tp
 
@@ -124,7 +123,7 @@ class NormalizeStatsMismatch(StaticRule):
         exps = [m.expectation for m in models]
         found = f"{norm.label}(mean={tp.fmt(mean)}, std={tp.fmt(std)})"
         kinds = {e.kind for e in exps}
-        if kinds == {"internal"} and not tp.arithmetic_renormalization(ctx):
+        if kinds == {"internal"} and not analysis.renormalization:
             exp = exps[0]
             return self.finding(
                 ctx,
@@ -138,11 +137,11 @@ class NormalizeStatsMismatch(StaticRule):
             )
         if kinds != {"stats"}:
             return None
-        renormalised = bool(tp.arithmetic_renormalization(ctx))
+        renormalised = bool(analysis.renormalization)
         big = max(mean) > 1.0 or max(std) > 1.0
         primary = exps[0]
         want_mean, want_std = primary.sets[0][1], primary.sets[0][2]
-        params = dict(found=found, model=primary.name, want_mean=tp.fmt(want_mean), want_std=tp.fmt(want_std))
+        params = {"found": found, "model": primary.name, "want_mean": tp.fmt(want_mean), "want_std": tp.fmt(want_std)}
         evidence = {"mean": list(mean), "std": list(std), "model": primary.name}
         # the pixel scale reaching the Normalize
         if norm.library == "albumentations":

@@ -95,10 +95,10 @@ class MissingNormalization(StaticRule):
         analysis = tp.analyse(ctx)
         if not analysis.roots or analysis.flow is None:
             return
-        want = lambda e: tp.needs_normalization(e.expectation)  # noqa: E731
+        want = lambda e: tp.needs_normalization(e.expectation)
         if not any(want(e) for e in analysis.entities):
             return
-        evidence = tp.normalization_evidence(ctx)
+        evidence = analysis.evidence
         norm_calls = {n.call for n in analysis.norms}
         for root in analysis.roots:
             if self._normalises(root, evidence):
@@ -144,11 +144,13 @@ class MissingNormalization(StaticRule):
         if any(e not in norm_calls for e in evidence):
             return None  # presets, processors, manual arithmetic: may normalise anywhere
         # a Normalize that is part of a model (nn.Sequential(norm, backbone)) normalises every input
+        model_calls = {e.node for e in analysis.entities}
         for call in ctx.calls:
             qual = ctx.call_name(call) or ""
-            if qual == "torch.nn.Sequential" or flow.local_class(call) is not None:
-                if any(flow.labels(a) & norm_calls for a in call.args):
-                    return None
+            if (qual == "torch.nn.Sequential" or call in model_calls) and any(
+                flow.labels(a) & norm_calls for a in list(call.args) + [kw.value for kw in call.keywords]
+            ):
+                return None
         if self._normalised_downstream(ctx, flow, root, norm_calls):
             return None
         labels = {m.label for m in models}
@@ -194,7 +196,10 @@ class MissingNormalization(StaticRule):
                     return True  # F.normalize(x, mean, std) on this pipeline's output
                 continue
             callee = call.func
-            if isinstance(callee, (ast.Name, ast.Attribute)) and flow.labels(callee) & norm_calls:
-                if any(root in flow.labels(a) for a in call.args):
-                    return True  # normalize(preprocess(img))
+            if (
+                isinstance(callee, (ast.Name, ast.Attribute))
+                and flow.labels(callee) & norm_calls
+                and any(root in flow.labels(a) for a in call.args)
+            ):
+                return True  # normalize(preprocess(img))
         return False

@@ -163,7 +163,7 @@ class PickleLoadModel(StaticRule):
         targets = _target_names(ctx, call)
         paths = _path_nodes(ctx, source) if source is not None else []
         flat = next((f for f in (flatten(ctx, p) for p in paths) if f.strip("*")), "")
-        directory, _, basename = flat.rpartition("/")
+        basename = flat.rpartition("/")[2]
         if not re.search(r"[A-Za-z]", basename.replace("*", "")):
             basename = ""
         subject = repr(basename) if basename else (ast.unparse(source)[:40] if source is not None else "a pickle")
@@ -186,9 +186,7 @@ class PickleLoadModel(StaticRule):
         if used:
             return subject, f"the result is used as a model ({used})"
         if basename and "*" not in basename:
-            if directory and looks_like_model(directory) and not looks_like_data(directory):
-                return subject, "it is read from a model/checkpoint directory"
-            return None
+            return None  # a named file that says nothing either way (args.pkl in a models/ folder)
         idents = _identifiers(ctx, ([source] if source is not None else []) + paths)
         hit = next((i for i in idents if looks_like_model(i) and not looks_like_data(i)), None)
         if hit is not None:

@@ -259,3 +259,41 @@ def test_weights_reloaded_from_a_checkpoint_are_not_judged():
     )
     assert findings(src, "PRE003") == []
     assert findings(src, "PRE004") == []
+
+
+KAGGLE = """
+import albumentations as A
+import timm
+import torch
+from albumentations.pytorch import ToTensorV2
+
+class Net(torch.nn.Module):
+    def __init__(self, name, pretrained=False):
+        super().__init__()
+        self.backbone = timm.create_model(name, pretrained=pretrained)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+class Leaves(torch.utils.data.Dataset):
+    def __init__(self, files, transform):
+        self.files, self.transform = files, transform
+
+    def __getitem__(self, i):
+        return self.transform(image=read(self.files[i]))["image"]
+
+train_aug = A.Compose([A.Resize(256, 256), A.Normalize(), ToTensorV2()])
+valid_aug = A.Compose([A.Resize(256, 256), ToTensorV2()])
+train_dl = torch.utils.data.DataLoader(Leaves(["a"], train_aug))
+valid_dl = torch.utils.data.DataLoader(Leaves(["b"], valid_aug))
+net = Net("resnet50", pretrained=FLAG)
+for loader in (train_dl, valid_dl):
+    for x in loader:
+        net(x.float())
+"""
+
+
+def test_pretrained_through_a_constructor_argument_and_local_dataset_skew():
+    assert lines(KAGGLE.replace("FLAG", "True"), "PRE004") == [23]
+    assert findings(KAGGLE.replace("FLAG", "False"), "PRE004") == []
+    assert findings(KAGGLE.replace("FLAG", "args.pretrained"), "PRE004") == []

@@ -54,6 +54,8 @@ def model_of(ctx: ModuleContext, node: ast.AST | None, depth: int = 0) -> ModelI
 
 
 def _model_from_call(ctx: ModuleContext, call: ast.Call) -> ModelInfo | None:
+    if isinstance(call.func, ast.Call):
+        return None  # `ResNet50(weights=None)(x)` applies a model; the inner call built it
     name = ctx.call_name(call)
     if name:
         if name.startswith("keras.applications."):
