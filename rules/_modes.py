@@ -59,7 +59,7 @@ def is_inference_name(name: str) -> bool:
     """`predict`, `evaluate_model`, `run_inference`, `val_epoch`, `testStep`; not
     `train_and_evaluate`, `value`, `tester`."""
     parts = name_parts(name)
-    if not parts or any(p in TRAIN_PARTS for p in parts) or is_unit_test_name(name):
+    if not parts or any(p in TRAIN_PARTS for p in parts):
         return False
     if any(p in INFER_PARTS for p in parts):
         return True
@@ -69,6 +69,20 @@ def is_inference_name(name: str) -> bool:
 def is_unit_test_name(name: str) -> bool:
     """pytest / unittest test functions (`test_forward`, `testShapes`), not Keras' `test_step`."""
     return (name.startswith("test_") or (name.startswith("test") and name[4:5].isupper())) and name != "test_step"
+
+
+def is_unit_test(ctx: ModuleContext, func: ast.AST) -> bool:
+    """A test function of a test suite (pytest / unittest / absl), which exercises layers on
+    purpose; script functions such as `test_model(model, loader)` are not."""
+    if not is_unit_test_name(getattr(func, "name", "")):
+        return False
+    path = ctx.display_path.replace("\\", "/").rsplit("/", 1)[-1]
+    if path.startswith("test_") or path.endswith("_test.py") or path.startswith("test") and path.endswith(".py") and path[4:5] in ("_", "s"):
+        return True
+    if any(v.split(".")[0] in ("pytest", "unittest", "absl") for v in ctx.imports.values()):
+        return True
+    klass = ctx.enclosing_class(func)
+    return klass is not None and (klass.name.endswith(("Test", "Tests", "TestCase")) or klass.name.startswith("Test"))
 
 
 def is_training_name(name: str) -> bool:
@@ -83,7 +97,7 @@ _TIMM_BN_PREFIXES = (
     "inception", "adv_inception", "ens_adv_inception", "gluon_", "xception", "legacy_xception", "nasnet", "pnasnet",
     "cspresnet", "cspresnext", "cspdarknet", "darknet", "rexnet", "ghostnet", "tresnet", "repvgg", "selecsls",
     "senet", "legacy_senet", "legacy_seresnet", "gernet", "hardcorenas", "lcnet", "levit", "mobilevit",
-    "efficientformer", "fastvit", "mobileone", "semnasnet", "dm_nfnet_never",  # last one never matches
+    "efficientformer", "fastvit", "mobileone", "semnasnet",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "squeezenet_bn", "bat_resnext", "ese_vovnet", "vovnet",
 )
 _TIMM_NO_BN_PREFIXES = ("resnetv2_50x", "resnetv2_101x", "resnetv2_152x", "nf_", "nfnet", "dm_nfnet")
@@ -120,8 +134,9 @@ def name_has_bn(name: str | None) -> bool | None:
 
 def torchvision_has_dropout(builder: str) -> bool:
     fam = knowledge.torchvision_family(builder) or ""
+    # classifier Dropout, or stochastic depth (ConvNeXt, Swin, MaxViT, EfficientNet)
     return fam in {"alexnet", "vgg", "efficientnet", "mobilenet", "mnasnet", "googlenet", "inception_v3", "squeezenet",
-                   "convnext", "swin", "maxvit", "regnet"} and fam != "regnet"
+                   "convnext", "swin", "maxvit"}
 
 
 # --------------------------------------------------------------------------- what a module is
@@ -469,7 +484,6 @@ class Analysis:
         return out
 
     def torch_module_of_call(self, call: ast.Call, depth: int = 0) -> ModuleDesc | None:
-        ctx = self.ctx
         memo_key = id(call)
         if memo_key in self._desc_memo:
             found = self._desc_memo[memo_key]
@@ -500,6 +514,12 @@ class Analysis:
                     text = ctx.string(kwarg(call, "pretrained_model_name_or_path", 0)) or info.arch
                     return ModuleDesc("torch", info.arch, name_has_bn(text), None, EVAL, call)
                 return None
+        if name in _WRAPPERS and call.args:
+            inner = self.torch_modules(call.args[0], depth + 1)
+            if inner:
+                d = inner[0]
+                return ModuleDesc("torch", d.label, d.bn, d.dropout, d.initial, d.node)
+            return None
         if name.startswith("torch.nn.") and name.count(".") == 2:
             cls = last(name)
             if _TORCH_BN.match(cls):
@@ -514,12 +534,6 @@ class Analysis:
             return None
         if name == "torchvision.ops.FrozenBatchNorm2d" or name.endswith(".FrozenBatchNorm2d"):
             return ModuleDesc("torch", "FrozenBatchNorm2d", False, False, TRAIN, call)
-        if name in _WRAPPERS and call.args:
-            inner = self.torch_modules(call.args[0], depth + 1)
-            if inner:
-                d = inner[0]
-                return ModuleDesc("torch", d.label, d.bn, d.dropout, d.initial, d.node)
-            return None
         if name in _LOADERS:
             src = self.torch_modules(call.args[0], depth + 1) if (call.args and name.startswith("copy")) else []
             bn = src[0].bn if src else None
@@ -957,6 +971,8 @@ class Analysis:
             state = self._scan(scope, key, site, depth)
             if _ENTRY in state:
                 state = (state - {_ENTRY}) | self._entry_modes(scope, key, site, depth)
+            if state == {EVAL} and self.loop_carried(scope, key, site, depth) is not None:
+                state = {TRAIN}
             result = frozenset(state)
         finally:
             self._in_progress.discard(memo)
@@ -980,10 +996,44 @@ class Analysis:
         self._mode_memo[memo] = state
         return None if state == frozenset({_ENTRY}) else state
 
+    def loop_carried(self, scope: ast.AST, key: str, site: ast.AST, depth: int) -> ast.AST | None:
+        """`for epoch: validate (eval set before the loop) ... model.train(); train`: from the
+        second iteration on, the site runs after the `.train()` later in the loop body."""
+        ctx = self.ctx
+        loops = []
+        for anc in ctx.ancestors(site):
+            if anc is scope:
+                break
+            if isinstance(anc, (ast.For, ast.AsyncFor, ast.While)) and not any(site is n or n in ctx.ancestors(site) for n in anc.orelse):
+                loops.append(anc)
+        if not loops:
+            return None
+        site_pos = ctx.order.get(site, 0)
+        events = [(n, m) for n, m in self._events(scope, key, 1 << 60, depth)]
+        for loop in loops:
+            inside = [(n, m) for n, m in events if any(x is loop for x in ctx.ancestors(n))]
+            before = [(n, m) for n, m in inside if ctx.order.get(n, 0) < site_pos and not self._conditional(n, site, scope)]
+            if before:
+                continue  # the mode is set again inside the loop before the site
+            after = [(n, m) for n, m in inside if ctx.order.get(n, 0) > site_pos]
+            if not after:
+                continue
+            node, modes = after[-1]
+            if modes == frozenset({TRAIN}) and not self._conditional(node, site, scope):
+                return node
+        return None
+
     def train_reason(self, key: str, site: ast.AST, depth: int = 0) -> str:
         """Why `key` is in training mode at `site`: the statement that put it there."""
         ctx = self.ctx
         scope = self.scope_of(site)
+        carried = self.loop_carried(scope, key, site, 0)
+        if carried is not None:
+            if isinstance(carried, ast.Call) and is_mode_call(carried):
+                what = f"{ctx.key(strip_passthrough(carried.func.value)) or key}.train()"  # type: ignore[attr-defined]
+            else:
+                what = f"the statement resetting {key} to training mode"
+            return f"{what} at {place(ctx, carried)}, later in the same loop, runs before this from the second iteration on"
         limit = ctx.order.get(site, 1 << 60)
         last_node = None
         for node, modes in self._events(scope, key, limit, 0):
@@ -1011,6 +1061,10 @@ class Analysis:
                         return self.train_reason(akey + key[len(root):], call, depth + 1)
                 elif self.mode_at(key, call) == frozenset({TRAIN}):
                     return self.train_reason(key, call, depth + 1)
+        root = re.split(r"[.\[]", key, 1)[0]
+        module_level = [r for r in ctx.assignments.get(root, []) if r.scope is ctx.tree and r.value is not None]
+        if isinstance(scope, _FUNCS) and not self.call_sites(scope) and module_level:
+            return f"created at {place(ctx, module_level[-1].stmt)} and never switched to eval anywhere in the file"
         return "no .eval() before this point"
 
     def _scan(self, scope: ast.AST, key: str, site: ast.AST | None, depth: int) -> set:
@@ -1181,32 +1235,60 @@ class Analysis:
         root = re.split(r"[.\[]", key, 1)[0]
         sites = self.call_sites(scope)
         if not sites:
-            return {UNKNOWN_MODE}
+            return self._uncalled_global(scope, key, root, depth)
         out: set = set()
+        # each call site is its own execution: one that certainly passes a model in training
+        # mode is enough
+        per_site: list[frozenset] = []
         if root in self.params(scope) and root not in ("self", "cls"):
             for call in sites:
                 arg = self.bound_argument(call, scope, root)
                 if arg is None:
-                    return {UNKNOWN_MODE}
+                    per_site.append(frozenset({UNKNOWN_MODE}))
+                    continue
                 akey = self.ctx.key(strip_passthrough(arg) or arg)
                 if akey and chain_mode(self.ctx, arg) is None:
-                    out |= self.mode_at(akey + key[len(root):], call, depth + 1)
+                    per_site.append(self.mode_at(akey + key[len(root):], call, depth + 1))
                 elif key == root:
-                    out |= self.expr_modes(arg, call, depth + 1)
+                    per_site.append(self.expr_modes(arg, call, depth + 1))
                 else:
-                    return {UNKNOWN_MODE}
-            return out or {UNKNOWN_MODE}
-        if root == "self":
+                    per_site.append(frozenset({UNKNOWN_MODE}))
+        elif root == "self":
             for call in sites:
                 if not (isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self"):
-                    return {UNKNOWN_MODE}
-                out |= self.mode_at(key, call, depth + 1)
-            return out or {UNKNOWN_MODE}
-        if self.binds_in(scope, root):
+                    per_site.append(frozenset({UNKNOWN_MODE}))
+                    continue
+                per_site.append(self.mode_at(key, call, depth + 1))
+        elif self.binds_in(scope, root):
             return {UNKNOWN_MODE}
-        for call in sites:  # a global / closure variable
-            out |= self.mode_at(key, call, depth + 1)
+        else:
+            for call in sites:  # a global / closure variable
+                per_site.append(self.mode_at(key, call, depth + 1))
+        if any(m == frozenset({TRAIN}) for m in per_site):
+            return {TRAIN}
+        for m in per_site:
+            out |= m
         return out or {UNKNOWN_MODE}
+
+    def _uncalled_global(self, scope: ast.AST, key: str, root: str, depth: int) -> set:
+        """A function nobody in the module calls (a web handler, a callback) that uses a
+        module-level model: the model's state once the module has run, provided no code in
+        any function ever switches its mode."""
+        if root in ("self", "cls") or self.binds_in(scope, root) or self.param_function(root, scope.body[0] if scope.body else scope) is not None:
+            return {UNKNOWN_MODE}
+        if not any(r.scope is self.ctx.tree for r in self.ctx.assignments.get(root, [])):
+            return {UNKNOWN_MODE}
+        for call in self.ctx.calls:
+            if is_mode_call(call):
+                recv = strip_passthrough(call.func.value)  # type: ignore[attr-defined]
+                rkey = self.ctx.key(recv) if recv is not None else None
+                if rkey and (rkey == key or key.startswith(rkey + ".") or rkey.startswith(key + ".")):
+                    if self.scope_of(call) is not self.ctx.tree:
+                        return {UNKNOWN_MODE}
+        state = self.exit_effect(self.ctx.tree, key, depth + 1)
+        if state is None or _ENTRY in state:
+            return {UNKNOWN_MODE}
+        return set(state)
 
     def _conditional(self, event: ast.AST, site: ast.AST | None, scope: ast.AST) -> bool:
         """Is `event` in a branch that does not contain `site` (so it may not have run)?"""
@@ -1235,7 +1317,7 @@ class Analysis:
         return False
 
 
-_CACHE: "weakref.WeakKeyDictionary[ModuleContext, Analysis]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[ModuleContext, Analysis] = weakref.WeakKeyDictionary()
 
 
 def analysis(ctx: ModuleContext) -> Analysis:

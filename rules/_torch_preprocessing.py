@@ -35,7 +35,6 @@ from auditor.analysis.names import last
 
 TV_TRANSFORM_MODULES = ("torchvision.transforms", "torchvision.transforms.v2", "torchvision.transforms.transforms", "torchvision.transforms.v2.transforms")
 TV_FUNCTIONAL_MODULES = ("torchvision.transforms.functional", "torchvision.transforms.v2.functional", "torchvision.transforms.functional_tensor")
-ALB_MODULES = ("albumentations", "albumentations.augmentations", "albumentations.augmentations.transforms", "albumentations.core.composition", "albumentations.pytorch", "albumentations.pytorch.transforms", "albumentations.augmentations.transforms.Normalize")
 
 COMPOSE_NAMES = {"Compose", "Sequential", "RandomApply", "RandomChoice", "RandomOrder", "OneOf", "SomeOf"}
 
@@ -532,7 +531,7 @@ def expectation(model: ModelInfo, ctx: ModuleContext | None = None) -> Expectati
         arch = (model.arch or "").lower()
         if arch in ("custom",) or not arch:
             return None
-        src = ctx_free_hub_source(model)
+        src = _hub_source(model)
         if src == "local":
             return None
         sets = [(n, m, s) for n, (m, s) in knowledge.KNOWN_STATS.items()] + _HUB_EXTRA
@@ -540,7 +539,7 @@ def expectation(model: ModelInfo, ctx: ModuleContext | None = None) -> Expectati
     return None
 
 
-def ctx_free_hub_source(model: ModelInfo) -> str | None:
+def _hub_source(model: ModelInfo) -> str | None:
     node = kwarg(model.call, "source")
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from auditor.analysis.context import kwarg
+from auditor.analysis.context import FreezeEvent, kwarg
 from auditor.finding import Severity
 from auditor.rule import StaticRule
 
@@ -63,6 +63,12 @@ class KerasFrozenBaseTrainingMode(StaticRule):
     model = keras.Model(inputs, outputs)
     ```
 
+    ## Known problems
+    Bases whose content the file does not show (`hub.KerasLayer`, `load_model(...)`, models
+    of other modules) are not judged. An unfreezing step that keeps BatchNormalization
+    frozen (`if not isinstance(layer, BatchNormalization): layer.trainable = True`, or
+    re-freezing the BatchNormalization layers afterwards) is recognised and silences the rule.
+
     ## References
     - FRAMEWORK_FACTS §3.1 (K-bn, K-guide): `trainable=False` puts BatchNormalization in
       inference mode; without `training=False` it trains again once unfrozen.
@@ -74,15 +80,16 @@ class KerasFrozenBaseTrainingMode(StaticRule):
     category = "batchnorm"
     severity = Severity.WARNING
     requires = frozenset({"trainable"})
-    message = "{base} ({label}, frozen {freeze_at}) {how}{later}"
+    message = "{base} ({label}, frozen at {freeze_at}) {how}{later}"
     fix = "{fix_text}"
 
     def check(self, ctx):
-        if not any(e.framework == "keras" and e.frozen for e in ctx.freezes):
-            return
         a = analysis(ctx)
+        keras_events = [e for e in ctx.freezes if e.framework == "keras"] + _param_freezes(ctx, a)
+        if not any(e.frozen for e in keras_events):
+            return
+        keras_events.sort(key=lambda e: ctx.order.get(e.node, 0))
         done: set = set()
-        keras_events = [e for e in ctx.freezes if e.framework == "keras"]
         for ev in keras_events:
             if not ev.frozen or ev.partial or not ev.target or ev.target == "?":
                 continue
@@ -121,6 +128,8 @@ class KerasFrozenBaseTrainingMode(StaticRule):
                     "; once it is unfrozen for fine-tuning, fit() will run its BatchNormalization layers in training "
                     "mode and overwrite their moving mean/variance"
                 )
+            # report the use that runs after the freeze where there is one
+            usages.sort(key=lambda u: not _runs_after(ctx, a, u[0], ev.node))
             for node, how, fix_text, _ in usages[:1]:
                 yield self.finding(
                     ctx,
@@ -134,6 +143,62 @@ class KerasFrozenBaseTrainingMode(StaticRule):
                     fix_text=fix_text,
                     evidence={"base": ev.target, "unfrozen_later": unfreeze is not None},
                 )
+
+
+def _param_freezes(ctx, a) -> list[FreezeEvent]:
+    """`def build(encoder, trainable): for layer in encoder.layers: layer.trainable = trainable`
+    called with `trainable=False`: a freeze the shared freeze index cannot value (the flag is a
+    parameter)."""
+    out: list[FreezeEvent] = []
+    for key, records in ctx.assignments.items():
+        if not key.endswith(".trainable"):
+            continue
+        for rec in records:
+            stmt = rec.stmt
+            if not isinstance(stmt, ast.Assign) or not isinstance(rec.value, ast.Name):
+                continue
+            func = a.param_function(rec.value)
+            if func is None:
+                continue
+            values = set()
+            for call in a.call_sites(func):
+                arg = a.bound_argument(call, func, rec.value.id)
+                values.add(ctx.value(arg) if arg is not None else None)
+            if False not in values:
+                continue
+            receiver = stmt.targets[0].value  # type: ignore[attr-defined]
+            target = ctx.key(receiver) or "?"
+            partial = False
+            for anc in ctx.ancestors(stmt):
+                if isinstance(anc, _FUNCS):
+                    break
+                if isinstance(anc, ast.If):
+                    partial = True
+                if isinstance(anc, ast.For) and isinstance(anc.target, ast.Name) and anc.target.id == target:
+                    it = anc.iter
+                    if isinstance(it, ast.Subscript):
+                        partial, it = True, it.value
+                    if isinstance(it, ast.Attribute) and it.attr == "layers":
+                        target = ctx.key(it.value) or "?"
+            out.append(FreezeEvent(stmt, "keras", target, True, partial))
+    return out
+
+
+def _runs_after(ctx, a, node: ast.AST, freeze: ast.AST, depth: int = 0) -> bool:
+    """Does `node` run after the freeze (source order, or through the calls of its function /
+    the construction of its class)?"""
+    if depth > 3:
+        return False
+    scope = a.scope_of(node)
+    if scope is a.scope_of(freeze) or scope is ctx.tree:
+        return ctx.order.get(node, 0) > ctx.order.get(freeze, 0)
+    if not isinstance(scope, _FUNCS):
+        return False
+    sites = a.call_sites(scope)
+    klass = ctx.enclosing_class(scope)
+    if scope.name == "call" and klass is not None:
+        sites = [c for c in ctx.calls if isinstance(c.func, ast.Name) and c.func.id == klass.name]
+    return any(_runs_after(ctx, a, s, freeze, depth + 1) for s in sites)
 
 
 def _is_model(ctx, a, origin: ast.AST) -> bool:
@@ -167,7 +232,7 @@ def _probe_node(ctx, ev) -> ast.AST:
         target = node.targets[0]
         if isinstance(target, ast.Attribute) and ctx.key(target.value) == ev.target:
             return target.value
-    for sub in ast.walk(node if not isinstance(node, ast.Assign) else node):
+    for sub in ast.walk(node):
         if isinstance(sub, ast.Name) and sub.id == ev.target:
             return sub
     for anc in ctx.ancestors(node):
@@ -255,6 +320,8 @@ def _feeds_layers(ctx, node: ast.AST) -> bool:
     stmt = ctx.statement(node)
     if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and parent.func.id in ("print", "len", "type"):
         return False
+    if isinstance(parent, ast.Attribute):  # base.output.shape, base.output.name
+        return False
     if isinstance(parent, (ast.Call, ast.keyword, ast.List, ast.Tuple)):
         return True
     return isinstance(stmt, ast.Assign)
@@ -273,6 +340,7 @@ def _unfreezes(ctx, a, events, freeze, origins, containers):
     BatchNormalization layers train, and whether some unfreeze keeps them frozen."""
     bn_aware = False
     found = None
+    refreezes = []
     for ev in events:
         if ev is freeze:
             continue
@@ -288,6 +356,8 @@ def _unfreezes(ctx, a, events, freeze, origins, containers):
             continue
         if _keeps_bn_frozen(ctx, ev):
             bn_aware = True
+            if ev.frozen:
+                refreezes.append(ev)
             continue
         if ev.frozen:
             continue
@@ -295,6 +365,8 @@ def _unfreezes(ctx, a, events, freeze, origins, containers):
             continue
         if found is None:
             found = ev
+    if found is not None and any(ctx.order.get(r.node, 0) > ctx.order.get(found.node, 0) for r in refreezes):
+        found = None  # BatchNormalization layers are frozen again right after unfreezing
     return found, bn_aware
 
 

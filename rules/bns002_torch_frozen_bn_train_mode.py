@@ -10,7 +10,17 @@ from auditor.analysis.context import kwarg
 from auditor.finding import Severity
 from auditor.rule import StaticRule
 
-from ._modes import EVAL, TRAIN, analysis, place, is_mode_call, is_training_name, mentions_batchnorm, mode_of_call, strip_passthrough
+from ._modes import (
+    EVAL,
+    TRAIN,
+    analysis,
+    is_mode_call,
+    is_training_name,
+    mentions_batchnorm,
+    mode_of_call,
+    place,
+    strip_passthrough,
+)
 
 _HEAD_NAMES = {"fc", "classifier", "head", "heads", "last_linear", "logits", "linear", "out", "output", "proj", "projection"}
 
@@ -79,6 +89,14 @@ class TorchFrozenBnTrainMode(StaticRule):
             optimizer.step()
     ```
 
+    ## Known problems
+    Architectures are judged by name (torchvision and timm families, classes of the file);
+    models built elsewhere or whose name says nothing (`torch.hub` repositories other than
+    torchvision, Hugging Face checkpoints without a BatchNorm family in the name) are not.
+    Keeping BatchNorm trainable on purpose while the rest is frozen (fastai's `train_bn`) is
+    a choice, not this bug; such code usually sets a flag the rule recognises
+    (`train_bn=`, `norm_eval=`).
+
     ## References
     - FRAMEWORK_FACTS §3.2 (PT-bn, PT-docs-eval): `requires_grad=False` does not freeze running
       statistics; `module.train()` is recursive.
@@ -109,6 +127,8 @@ class TorchFrozenBnTrainMode(StaticRule):
         for ev in ctx.freezes:
             if ev.framework != "torch" or not ev.frozen or not ev.target or ev.target == "?":
                 continue
+            if _spares_batchnorm(ctx, ev):
+                continue  # `if "bn" not in name: p.requires_grad = False`: BatchNorm is meant to train
             owner = _Owner.build(ctx, a, ev)
             if owner is None or owner.identity in reported:
                 continue
@@ -144,6 +164,21 @@ class TorchFrozenBnTrainMode(StaticRule):
                 frozen_eval=frozen_eval,
                 evidence={"frozen": owner.target, "freeze_line": ctx.location(owner.at).line},
             )
+
+
+def _spares_batchnorm(ctx, ev) -> bool:
+    """A freeze whose condition leaves the normalisation layers out."""
+    for anc in ctx.ancestors(ev.node):
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            break
+        if isinstance(anc, (ast.If, ast.IfExp)):
+            try:
+                text = ast.unparse(anc.test).lower()
+            except Exception:  # noqa: BLE001
+                continue
+            if re.search(r"\bbn\b|bn\d|\.bn|'bn|\"bn|norm", text):
+                return True
+    return False
 
 
 def _kept_in_eval_globally(ctx) -> bool:
@@ -398,7 +433,7 @@ class _Owner:
         """No `.train()`: where does the file still train the owner? (key of the model there,
         place): a train/fit function it is handed to, or the `.step()` of an optimizer over
         its parameters."""
-        ctx, a = self.ctx, self.a
+        ctx = self.ctx
         out: list[tuple[str, ast.AST]] = []
         for call in ctx.calls:
             if ctx.order.get(call, 0) < ctx.order.get(self.at, 0) and self.klass is None:

@@ -7,7 +7,14 @@ import ast
 from auditor.finding import Severity
 from auditor.rule import StaticRule
 
-from ._modes import TRAIN, analysis, decorator_names, enclosing_functions, is_inference_name
+from ._modes import (
+    TRAIN,
+    analysis,
+    decorator_names,
+    enclosing_functions,
+    is_inference_name,
+    is_unit_test,
+)
 
 _NO_GRAD = {
     "torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad", "torch.autograd.inference_mode",
@@ -40,10 +47,12 @@ class TorchInferenceWithoutEval(StaticRule):
     `torch.jit.script`, `torch.onnx.export`, `torch.export.export` of the model. The mode is
     the most recent mode-setting statement on that model before the site (`.eval()`,
     `.train(False)`, `.train()`, `model = build().eval()`, a freshly constructed module, a
-    local function that switches the model it receives); when the model is a parameter, the
-    state at each call site of the function counts. Models loaded whole (`torch.load`,
-    `torch.jit.load`) keep their saved mode and are not judged; neither are models whose
-    mode the analysis cannot tell.
+    local function that switches the model it receives, a `.train()` later in the same loop
+    that runs before the site from the second iteration on); when the model is a parameter,
+    the state at each call site of the function counts, and a module-level model used in a
+    function nobody in the file calls (a web handler) counts when no code ever switches it.
+    Only models that behave differently in the two modes are judged: torchvision / timm
+    builders and `nn.Module` classes of the file that contain BatchNorm or Dropout.
 
     ## Why is this bad?
     `torch.no_grad()` and `torch.inference_mode()` only switch off autograd; they do not
@@ -78,6 +87,13 @@ class TorchInferenceWithoutEval(StaticRule):
     with torch.no_grad():
         logits = model(torch.randn(8, 3, 224, 224))
     ```
+
+    ## Known problems
+    Models loaded whole (`torch.load`, `torch.jit.load`, `torch.export.load`) keep the mode
+    they were saved in, `from_pretrained()` returns eval mode, and a model handed to an
+    imported function (a trainer of another module) may come back in either mode: these are
+    not judged. Neither are parameters of functions that nothing in the file calls, nor
+    methods reached only from outside the module (Lightning's `validation_step`).
 
     ## References
     - FRAMEWORK_FACTS §4 (PT-infmode, PT-docs-eval): `no_grad` / `inference_mode` do not set eval mode.
@@ -136,9 +152,28 @@ class TorchInferenceWithoutEval(StaticRule):
             )
         return self._trains_memo[func]
 
+    def _in_training_step(self, ctx, call: ast.Call) -> bool:
+        """A no-grad forward pass inside a training step (a GAN's generator sample for the
+        discriminator step, a metric on the training batch): the innermost loop around it, or
+        the function when there is no loop, also runs backward()/step()."""
+        region = None
+        for anc in ctx.ancestors(call):
+            if isinstance(anc, (ast.For, ast.AsyncFor, ast.While)):
+                region = anc
+                break
+            if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                region = anc
+                break
+        if region is None:
+            return False
+        return self._trains(region)
+
     # ------------------------------------------------------------------ sites
     def _site(self, ctx, call: ast.Call):
-        """(model expression, site text, short site text, grouping node) or None."""
+        """(model expression, site text, short site text, grouping node, export name) or None."""
+        funcs = list(enclosing_functions(ctx, call))
+        if any(is_unit_test(ctx, f) for f in funcs):
+            return None  # test suites run modules in training mode on purpose
         name = ctx.call_name(call) or ""
         if name in _EXPORTS:
             target = call.args[0] if call.args else None
@@ -178,11 +213,14 @@ class TorchInferenceWithoutEval(StaticRule):
                     if qual in _NO_GRAD:
                         if isinstance(expr, ast.Call) and expr.args and ctx.value(expr.args[0]) is False:
                             continue  # inference_mode(False)
+                        if self._in_training_step(ctx, call):
+                            return None
                         short = "torch.inference_mode()" if "inference_mode" in qual else "torch.no_grad()"
                         return target, f"is called inside a `with {short}` block", f"the `with {short}` block", anc, None
                     if qual == "torch.set_grad_enabled" and isinstance(expr, ast.Call) and expr.args and ctx.value(expr.args[0]) is False:
+                        if self._in_training_step(ctx, call):
+                            return None
                         return target, "is called inside a `with torch.set_grad_enabled(False)` block", "the no-grad block", anc, None
-        funcs = list(enclosing_functions(ctx, call))
         if not funcs:
             return None
         func = funcs[0]

@@ -8,7 +8,16 @@ from auditor.analysis.context import kwarg
 from auditor.finding import Severity
 from auditor.rule import StaticRule
 
-from ._modes import analysis, decorator_names, enclosing_functions, is_inference_name, is_training_name, place
+from ._modes import (
+    analysis,
+    decorator_names,
+    enclosing_functions,
+    is_inference_name,
+    is_training_name,
+    is_unit_test,
+    name_parts,
+    place,
+)
 
 _TAPES = ("GradientTape",)
 
@@ -26,11 +35,11 @@ class KerasInferenceTrainingTrue(StaticRule):
     ## Why is this bad?
     `training=True` runs every layer in training mode. BatchNormalization normalises each
     batch with that batch's own mean and variance instead of the learnt moving statistics,
-    so a prediction depends on what else is in the batch (a batch of one is normalised to
-    zero), and a trainable BatchNormalization layer also overwrites its moving mean and
-    variance with the inference data on every such call (Keras 3 assigns them directly;
-    tf.keras 2 does so in eager mode). Dropout drops random units, so the same input gives
-    a different answer each time. `predict()`, `evaluate()` and a plain `model(x)` already
+    so a prediction depends on what else is in the batch (a batch of one loses every
+    feature to the learnt shift), and a trainable BatchNormalization layer also overwrites
+    its moving mean and variance with the inference data on every such call (Keras 3's
+    `BatchNormalization.call` assigns them whenever `training and self.trainable`). Dropout
+    drops random units, so the same input gives a different answer each time. `predict()`, `evaluate()` and a plain `model(x)` already
     run in inference mode.
 
     ## Example
@@ -69,6 +78,12 @@ class KerasInferenceTrainingTrue(StaticRule):
     print(predict_batch(np.zeros((4, 32), "float32")))
     ```
 
+    ## Known problems
+    Monte Carlo dropout samples predictions with `training=True` on purpose; a call repeated
+    over `range(...)` or in a function named for sampling / uncertainty is not reported for
+    its Dropout, only for BatchNormalization (which it still corrupts; use a Dropout subclass
+    that is always active instead). Unit tests of single layers are not inference code.
+
     ## References
     - FRAMEWORK_FACTS §4 (K-layer, K-trainers): `training` resolution; `predict()` /
       `evaluate()` pass False.
@@ -95,10 +110,7 @@ class KerasInferenceTrainingTrue(StaticRule):
             f = call.func
             if ctx.call_name(call):
                 continue  # an imported function (tf.nn.dropout, torch.nn.functional.dropout, ...)
-            if isinstance(f, ast.Attribute) and f.attr in ("predict", "__call__"):
-                target = f.value if f.attr == "__call__" else None
-            else:
-                target = f
+            target = f.value if isinstance(f, ast.Attribute) and f.attr == "__call__" else f
             if not isinstance(target, (ast.Name, ast.Attribute)):
                 continue
             key = ctx.key(target)
@@ -112,6 +124,10 @@ class KerasInferenceTrainingTrue(StaticRule):
                 continue
             if any(isinstance(o, ast.Call) and (ctx.call_name(o) or "").startswith("keras.layers.") for o in a.origins(target)):
                 continue  # a single layer exercised on its own (layer tests), not a model
+            if _mc_sampling(ctx, call):
+                if not bn:
+                    continue  # Monte Carlo dropout: random predictions are the point
+                drop = False  # the dropout part is deliberate; BatchNormalization still mutates
             yield self.finding(
                 ctx,
                 call,
@@ -131,6 +147,8 @@ class KerasInferenceTrainingTrue(StaticRule):
                     if name and name.endswith(_TAPES):
                         return None
         funcs = list(enclosing_functions(ctx, call))
+        if any(is_unit_test(ctx, f) for f in funcs):
+            return None
         for func in funcs:
             if func.name == "call" and ctx.enclosing_class(func) is not None:
                 return None
@@ -153,6 +171,23 @@ class KerasInferenceTrainingTrue(StaticRule):
                 if not list(enclosing_functions(ctx, fit)):
                     return f"code that runs after {key}.fit() ({place(ctx, fit)})"
         return None
+
+
+_MC_WORDS = ("mc", "monte", "carlo", "uncertainty", "uncertain", "bayes", "bayesian", "sample", "samples", "sampling", "stochastic")
+
+
+def _mc_sampling(ctx, call: ast.Call) -> bool:
+    """Repeated stochastic forward passes (Monte Carlo dropout): a call inside a loop or
+    comprehension over range(), or in a function named for uncertainty / MC sampling."""
+    for anc in ctx.ancestors(call):
+        if isinstance(anc, (ast.For, ast.comprehension)):
+            it = anc.iter
+            if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range":
+                return True
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if any(p in _MC_WORDS for p in name_parts(anc.name)):
+                return True
+    return False
 
 
 def _consequence(bn, drop) -> str:

@@ -24,9 +24,11 @@ class MissingNormalization(StaticRule):
       no timm `resolve_data_config` / `resolve_model_data_config` / `create_transform`, no
       Hugging Face image processor, no manual `(x - mean) / std` or `sub_(mean).div_(std)`
       (`torch.nn.functional.normalize` is an L2 normalisation and does not count);
-    - train/serve skew: the pipeline feeds the pretrained model (followed through datasets,
-      loaders and helper functions) while another pipeline for the same model does normalise,
-      and nothing normalises this one's output afterwards.
+    - the file normalises elsewhere, but not for this pipeline: the pipeline feeds the
+      pretrained model (followed through datasets, loaders and helper functions) and nothing
+      normalises its output afterwards, while another pipeline for the same model does
+      normalise (train/serve skew: a validation transform that forgot the step), or every
+      Normalize in the file feeds a different model (a small network trained from scratch).
 
     Detection models (which normalise inside) and files that build no pretrained
     torchvision/timm model are left alone.
