@@ -42,6 +42,7 @@ def shared_options(func: Callable) -> Callable:
         click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Read configuration from FILE."),
         click.option("--quiet", "-q", is_flag=True, default=False, help="Findings only: no fixes, no summary."),
         click.option("--debug", is_flag=True, default=False, help="Show the traceback behind an exit 2."),
+        click.version_option(__version__, "--version", prog_name="auditor", message="%(prog)s %(version)s"),
     ]
     for option in reversed(options):
         func = option(func)

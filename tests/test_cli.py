@@ -298,9 +298,26 @@ def test_explain(run):
     assert run("explain", "NOPE01").exit_code == 2
 
 
-def test_version_and_module_entry_point():
+def test_version_and_module_entry_point(run):
     out = subprocess.run([sys.executable, "-m", "auditor", "--version"], capture_output=True, text=True, check=True)
     assert re.match(r"auditor \d+\.\d+\.\d+", out.stdout)
+    sub = run("check", "--version")
+    assert sub.exit_code == 0 and sub.output == out.stdout
+
+
+def test_text_is_coloured_on_a_terminal_only(tmp_path):
+    import io
+
+    from auditor.finding import Finding, Severity
+    from auditor.report import Report
+    from auditor.reporters.text import TextReporter
+
+    report = Report([Finding("SEC001", "torch-load-unsafe", "security", Severity.ERROR, "m", "f", path="a.py", line=1, column=1)], 1)
+    coloured, plain = io.StringIO(), io.StringIO()
+    TextReporter().render(report, coloured, color=True)
+    TextReporter().render(report, plain, color=False)
+    assert "\x1b[31m" in coloured.getvalue() and "\x1b[" not in plain.getvalue()
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured.getvalue()) == plain.getvalue()
 
 
 def test_rule_crash_is_use003_and_other_rules_still_run(tmp_path, monkeypatch):
