@@ -208,6 +208,18 @@ def test_notebook_reports_cell_and_line(run, tmp_path):
     assert text.startswith("nb.ipynb:cell 2:2:6: SEC001")
 
 
+def test_notebook_ipython_syntax_is_understood(run, tmp_path):
+    cells = [
+        "import torch\nif torch.cuda.is_available():\n    info = !nvidia-smi\n    files, = !ls\n    t = %timeit -o f()",
+        "  # a cell IPython dedents\n  x = 1\n  sd = torch.load('m.pt', weights_only=False)",
+        "%%bash\necho not python",
+        "torch.save?\n%load_ext autoreload",
+    ]
+    write(tmp_path / "nb.ipynb", _notebook(cells))
+    data = json.loads(run("check", "nb.ipynb", "--format", "json").output)
+    assert [(f["rule"], f["cell"], f["line"], f["column"]) for f in data["findings"]] == [("SEC001", 2, 3, 6)]
+
+
 def test_notebook_broken_cell_is_a_finding_and_others_still_checked(run, tmp_path):
     write(tmp_path / "nb.ipynb", _notebook(["import torch", "def broken(:\n    pass", "sd = torch.load('m.pt', weights_only=False)"]))
     data = json.loads(run("check", "nb.ipynb", "--format", "json").output)

@@ -14,6 +14,8 @@ from pathlib import Path
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 
 _MAGIC = re.compile(r"^\s*([%!]|\?|[A-Za-z_][\w.]*\?\s*$)")
+#: `files = !ls` and `t = %timeit -o f()`: IPython assigns a command's output
+_MAGIC_ASSIGN = re.compile(r"^(\s*[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*,?\s*=)\s*[!%]")
 
 
 class SourceError(Exception):
@@ -125,12 +127,22 @@ def _notebook(raw: bytes, display: str) -> SourceUnit:
 
 
 def _strip_magics(lines: list[str]) -> list[str]:
-    """Blank out IPython-only syntax line by line; a cell magic (%%) blanks the whole cell."""
+    """Turn IPython-only syntax into Python of the same line count, as IPython's own input
+    transformers would: a cell magic (%%) blanks the whole cell, `x = !cmd` keeps the name
+    bound (to None), line magics and shell escapes become `pass`, and a cell whose first
+    line is indented is dedented (IPython's `leading_indent`)."""
     if lines and lines[0].lstrip().startswith("%%"):
         return [""] * len(lines)
+    first = next((line for line in lines if line.strip()), "")
+    indent = first[: len(first) - len(first.lstrip())]
+    if indent:
+        lines = [line[len(indent) :] if line.startswith(indent) else line for line in lines]
     out = []
     for line in lines:
-        if _MAGIC.match(line):
+        assigned = _MAGIC_ASSIGN.match(line)
+        if assigned:
+            out.append(assigned.group(1) + " None")
+        elif _MAGIC.match(line):
             indent = line[: len(line) - len(line.lstrip())]
             out.append(indent + "pass" if indent else "")
         else:
