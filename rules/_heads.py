@@ -28,6 +28,8 @@ from typing import Any, Iterator
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, UNKNOWN, ModelInfo, ModuleContext, kwarg
 from auditor.analysis.names import last
 
+from ._shared import is_parameter
+
 _CACHE: "weakref.WeakKeyDictionary[ModuleContext, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -65,24 +67,19 @@ def _within(ctx: ModuleContext, node: ast.AST, outer: ast.AST) -> bool:
     return node is outer or any(a is outer for a in ctx.ancestors(node))
 
 
-def param_binding(ctx: ModuleContext, node: ast.Name) -> tuple[ast.AST, str] | None | bool:
+def param_binding(ctx: ModuleContext, node: ast.Name) -> tuple[ast.AST, str] | None:
     """Is this use of a name a parameter of an enclosing function (not re-bound locally before
-    the use)? Returns (function, name); None when it is not a parameter; False when it is bound
-    locally by something we cannot follow (a loop variable, unpacking).
-
-    `ctx.assignment_at` skips parameter bindings and would hand back a module-level variable of
-    the same name, so parameters are recognised here first."""
-    func = None
+    the use)? Returns (function, name), else None. The context's binding in force says so for
+    functions; lambda parameters, which the context does not record, are found here."""
+    record = ctx.assignment_at(node.id, node)
+    if is_parameter(record):
+        return record.stmt, node.id
     for anc in ctx.ancestors(node):
         if isinstance(anc, _FUNC_NODES) and node.id in _params(anc):
-            func = anc
-            break
-    if func is None:
-        return None
-    record = ctx.assignment_at(node.id, node)
-    if record is not None and not isinstance(record.stmt, _FUNC_NODES) and _within(ctx, record.stmt, func):
-        return None if record.value is not None else False
-    return func, node.id
+            if isinstance(anc, ast.Lambda) and (record is None or not _within(ctx, record.stmt, anc)):
+                return anc, node.id
+            return None
+    return None
 
 
 def _param_default(func: ast.AST, name: str) -> ast.expr | None:
@@ -138,8 +135,6 @@ def resolve_deep(ctx: ModuleContext, node: ast.AST | None, depth: int = 0) -> as
         node = unwrap(node)
         if isinstance(node, ast.Name):
             binding = param_binding(ctx, node)
-            if binding is False:
-                return node
             if binding:
                 if depth > 6:
                     return node
@@ -1146,8 +1141,8 @@ def head_assignments(ctx: ModuleContext) -> list[HeadAssignment]:
     if "head_assignments" in cache:
         return cache["head_assignments"]
     out = []
-    for node in ast.walk(ctx.tree):
-        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+    for node in ctx.nodes_of(ast.Assign):
+        if len(node.targets) != 1:
             continue
         target = node.targets[0]
         sub = None

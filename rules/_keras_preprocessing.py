@@ -28,6 +28,8 @@ from auditor import knowledge
 from auditor.analysis.context import UNKNOWN, kwarg
 from auditor.analysis.names import canonical, last
 
+from ._shared import is_parameter
+
 MODES = ("caffe", "tf", "torch")
 
 #: what a `preprocess_input` of each mode does to 0-255 RGB input (for "got" texts)
@@ -249,12 +251,10 @@ class Analysis:
     def _collect_apps(self) -> list[App]:
         ctx = self.ctx
         self._extra: dict = {}
-        # (`ResNet50(weights=None)(x)` is listed twice by the context, the outer application
-        # without its arguments: keep the constructor only)
-        self.keras_infos = [
-            i for i in ctx.models if i.framework == "keras" and i.family in knowledge.KERAS_FAMILIES and not isinstance(i.call.func, ast.Call)
-        ]
-        # `builder = keras.applications.xception.Xception; builder(weights="imagenet")`
+        self.keras_infos = [i for i in ctx.models if i.framework == "keras" and i.family in knowledge.KERAS_FAMILIES]
+        # `builder = keras.applications.xception.Xception; builder(weights="imagenet")` where the
+        # context's alias resolution declines (the name is bound more than once): the binding in
+        # force at the call decides
         if any(isinstance(c.func, ast.Name) and ctx.call_name(c) is None for c in ctx.calls):
             from auditor.analysis.models import _keras_app
 
@@ -362,15 +362,18 @@ class Analysis:
     # ------------------------------------------------------------------ names
     def binding(self, key: str, at: ast.AST, env: dict | None = None):
         """("record", Assignment) in force for `key` at `at`, ("param", function) when `key` is
-        a parameter of an enclosing function or lambda, or None. (The context's
-        `assignment_at` looks past parameters to outer names of the same spelling.)
+        a parameter of an enclosing function or lambda, or None.
         An assignment in the other branch of an `if` is not in force; one made in a branch of
         an `if` whose other branch assigns too is ambiguous (None), unless the condition is a
         parameter whose value `env` (the call being traced) tells."""
         ctx = self.ctx
+        if "." not in key and "[" not in key:
+            owner = _lambda_owner(ctx, key, at)  # the context records no lambda parameters
+            if owner is not None:
+                return ("param", owner)
         record = ctx.assignment_at(key, at)
         for _ in range(10):
-            if record is None:
+            if record is None or is_parameter(record):
                 break
             if _exclusive(ctx, record.stmt, at):
                 record = ctx.assignment_at(key, record.stmt)
@@ -382,10 +385,8 @@ class Analysis:
             if state == "conflict":
                 return None
             break
-        if "." not in key and "[" not in key:
-            owner = _param_owner(ctx, key, at)
-            if owner is not None and (record is None or record.scope is not owner):
-                return ("param", owner)
+        if is_parameter(record):
+            return ("param", record.stmt)
         return ("record", record) if record is not None else None
 
     def _decide(self, test: ast.AST, env: dict | None) -> bool | None:
@@ -397,9 +398,10 @@ class Analysis:
             test, negate = test.operand, True
         if not isinstance(test, ast.Name):
             return None
-        owner = _param_owner(self.ctx, test.id, test)
-        if owner is None or isinstance(owner, ast.Lambda):
+        record = self.ctx.assignment_at(test.id, test)
+        if not is_parameter(record):
             return None
+        owner = record.stmt
         if (owner, test.id) in env:
             value = self.ctx.value(env[(owner, test.id)][0])
         elif any(k[0] is owner for k in env):
@@ -473,7 +475,7 @@ class Analysis:
         different modules, e.g. in if/else branches, is ambiguous)."""
         if self._import_targets is None:
             targets: dict[str, set[str]] = {}
-            for node in self.ctx.order:
+            for node in self.ctx.nodes_of(ast.Import, ast.ImportFrom):
                 if isinstance(node, ast.Import):
                     for alias in node.names:
                         if alias.asname:
@@ -644,7 +646,7 @@ class Analysis:
         if self.uses:
             return True
         local = "preprocess_input" in self.ctx.functions
-        for node in self.ctx.order:
+        for node in self.ctx.nodes_of(ast.Name, ast.Attribute, ast.alias):
             if isinstance(node, ast.Name) and node.id == "preprocess_input" and not local:
                 return True
             if isinstance(node, ast.Attribute) and node.attr == "preprocess_input":
@@ -1543,8 +1545,8 @@ def _apply(op: ast.operator, c: float, a: float, b: float):
     return _compose_right(op, c, a, b)
 
 
-def _param_owner(ctx, name: str, at: ast.AST) -> ast.AST | None:
-    """The innermost enclosing function or lambda that has `name` as a parameter."""
+def _lambda_owner(ctx, name: str, at: ast.AST) -> ast.Lambda | None:
+    """The lambda whose parameter `name` is at `at` (not shadowed by an inner function)."""
     for anc in ctx.ancestors(at):
         if isinstance(anc, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef)):
             args = anc.args
@@ -1554,7 +1556,7 @@ def _param_owner(ctx, name: str, at: ast.AST) -> ast.AST | None:
             if args.kwarg:
                 names.add(args.kwarg.arg)
             if name in names:
-                return anc
+                return anc if isinstance(anc, ast.Lambda) else None
     return None
 
 

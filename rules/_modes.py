@@ -26,6 +26,8 @@ from auditor import knowledge
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, ModuleContext, kwarg
 from auditor.analysis.names import last
 
+from ._shared import is_parameter
+
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 MAX_DEPTH = 6
@@ -345,6 +347,10 @@ class Analysis:
         bound = self.bind(call, func)
         if param in bound:
             return bound[param]
+        return self.bound_argument_default(func, param)
+
+    @staticmethod
+    def bound_argument_default(func: ast.AST, param: str) -> ast.expr | None:
         args = func.args  # type: ignore[attr-defined]
         positional = args.posonlyargs + args.args
         defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
@@ -367,22 +373,32 @@ class Analysis:
 
     # ------------------------------------------------------------------ origins
     def param_function(self, node: ast.AST, at: ast.AST | None = None) -> ast.AST | None:
-        """The function a bare name is a parameter of, when nothing else binds it first
-        (`node` a Name, or a plain name string with the place `at`)."""
+        """The function a bare name is a parameter of at that point (`node` a Name, or a plain
+        name string with the place `at`): the context's binding in force there is the
+        parameter itself, not a later rebinding or an outer variable of the same spelling."""
         name = node.id if isinstance(node, ast.Name) else node
         if not isinstance(name, str):
             return None
-        for func in self.ctx.ancestors(at if at is not None else node):
-            if isinstance(func, _FUNCS):
-                a = func.args
-                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
-                if name in names:
-                    return func
-                if self.binds_in(func, name):
-                    return None
-            elif isinstance(func, (ast.Lambda, ast.ClassDef)):
-                continue
-        return None
+        rec = self.ctx.assignment_at(name, at if at is not None else node)
+        return rec.stmt if is_parameter(rec) else None
+
+    def parameter_sources(self, func: ast.AST, name: str) -> list[ast.AST]:
+        """What a parameter receives: the argument of each call site in the module (the
+        default where a call leaves it out); with no call site, the context's reading
+        (`ctx.resolve`): the module-level variable of the same name, else the default."""
+        sites = self.call_sites(func)
+        if sites:
+            out = []
+            for call in sites:
+                arg = self.bound_argument(call, func, name)
+                if arg is not None:
+                    out.append(arg)
+            return out
+        outer = [r for r in self.ctx.assignments.get(name, ()) if r.scope is self.ctx.tree and r.value is not None and not r.augmented]
+        if outer:
+            return [outer[-1].value]
+        default = self.bound_argument_default(func, name)
+        return [default] if default is not None else []
 
     def origin(self, node: ast.AST | None, depth: int = 0) -> ast.AST | None:
         """Follow names and `.to()/.eval()` chains to the expression that built the object."""
@@ -406,16 +422,13 @@ class Analysis:
             return []
         if isinstance(root, ast.Name):
             rec = self.ctx.assignment_at(root.id, root)
+            if is_parameter(rec):
+                out: list[ast.AST] = []
+                for arg in self.parameter_sources(rec.stmt, root.id):
+                    out.extend(self.origins(arg, depth + 1))
+                return out
             if rec is not None and rec.value is None:
                 return self._unpacked(rec, root.id, depth)
-            func = self.param_function(root) if rec is None else None
-            if func is not None:
-                out: list[ast.AST] = []
-                for call in self.call_sites(func):
-                    arg = self.bound_argument(call, func, root.id)
-                    if arg is not None:
-                        out.extend(self.origins(arg, depth + 1))
-                return out
         return [root]
 
     def deep_origins(self, origins: list[ast.AST], depth: int = 0) -> list[ast.AST]:
@@ -436,16 +449,13 @@ class Analysis:
     def origins_of_key(self, key: str, at: ast.AST, depth: int = 0) -> list[ast.AST]:
         rec = self.ctx.assignment_at(key, at)
         if rec is None:
-            if "." in key or "[" in key:
-                return []
-            func = self.param_function(key, at)
-            if func is None or depth > MAX_DEPTH:
+            return []
+        if is_parameter(rec):
+            if depth > MAX_DEPTH:
                 return []
             out: list[ast.AST] = []
-            for call in self.call_sites(func):
-                arg = self.bound_argument(call, func, key)
-                if arg is not None:
-                    out.extend(self.origins(arg, depth + 1))
+            for arg in self.parameter_sources(rec.stmt, key):
+                out.extend(self.origins(arg, depth + 1))
             return out
         if rec.value is None:
             return self._unpacked(rec, key, depth)
@@ -927,16 +937,10 @@ class Analysis:
             budget[0] -= 1
             if isinstance(n, ast.Name):
                 rec = self.ctx.assignment_at(n.id, n)
-                if rec is None:
-                    # a parameter: symbolic if a call site passes a symbolic tensor
-                    func = self.param_function(n)
-                    if func is not None:
-                        for call in self.call_sites(func):
-                            arg = self.bound_argument(call, func, n.id)
-                            if arg is not None and visit(arg):
-                                return True
-                    return False
-                if rec.value is None:
+                if is_parameter(rec):
+                    # symbolic if a call site passes a symbolic tensor
+                    return any(visit(arg) for arg in self.parameter_sources(rec.stmt, n.id))
+                if rec is None or rec.value is None:
                     return False
                 return visit(rec.value)
             if isinstance(n, ast.Attribute):

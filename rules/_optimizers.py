@@ -20,11 +20,12 @@ from auditor.analysis.context import (
     UNKNOWN,
     ModelInfo,
     ModuleContext,
-    _all_args,
     _binop,
     kwarg,
 )
 from auditor.analysis.names import last
+
+from ._shared import is_parameter
 
 # ---------------------------------------------------------------------------------- families
 
@@ -313,33 +314,6 @@ def origins(ctx: ModuleContext, node: ast.AST | list | None, limit: int = 80) ->
     return out
 
 
-def with_binding(ctx: ModuleContext, node: ast.AST, key: str) -> ast.AST | None:
-    """`with open(p) as f: use(f)`: the context expression `f` is bound to inside the body
-    (`assignment_at` skips assignments whose statement contains the use)."""
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, (ast.With, ast.AsyncWith)):
-            for item in anc.items:
-                if item.optional_vars is not None and ctx.key(item.optional_vars) == key and not any(
-                    a is item.context_expr for a in ctx.ancestors(node)
-                ):
-                    return item.context_expr
-        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            break
-    return None
-
-
-def param_owner(ctx: ModuleContext, node: ast.AST, name: str) -> ast.AST | None:
-    """The function whose parameter `name` is, as seen from a use inside its body (older
-    contexts' `assignment_at` skipped parameter records: their FunctionDef contains the use)."""
-    if "." in name or "[" in name:
-        return None
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            if name in {a.arg for a in _all_args(anc.args)}:
-                return anc
-    return None
-
-
 def call_sites_of(ctx: ModuleContext, func: ast.AST) -> list[tuple[ast.Call, dict[str, ast.expr]]]:
     """Call sites of a module-local function with their bound arguments; `__init__` is called
     through its class (`Net(...)`)."""
@@ -364,7 +338,9 @@ def call_sites_of(ctx: ModuleContext, func: ast.AST) -> list[tuple[ast.Call, dic
 
 
 def param_arguments(ctx: ModuleContext, func: ast.AST, key: str) -> list[ast.AST] | None:
-    """Every expression a parameter receives: the argument at each call site, else the default."""
+    """Every expression a parameter receives: the argument at each call site (`__init__`
+    through its class's instantiations); with no call site, the context's reading: the
+    module-level variable of the same name, else the default."""
     found: list[ast.AST] = []
     sites = call_sites_of(ctx, func)
     default = param_default(func, key)
@@ -373,8 +349,12 @@ def param_arguments(ctx: ModuleContext, func: ast.AST, key: str) -> list[ast.AST
             found.append(bound[key])
         elif default is not None:
             found.append(default)
-    if not sites and default is not None:
-        found.append(default)
+    if not sites:
+        outer = [r for r in ctx.assignments.get(key, ()) if r.scope is ctx.tree and r.value is not None and not r.augmented]
+        if outer:
+            found.append(outer[-1].value)
+        elif default is not None:
+            found.append(default)
     return found or None
 
 
@@ -385,12 +365,12 @@ def value(ctx: ModuleContext, node: ast.AST | None, depth: int = 0) -> Any:
         return UNKNOWN
     d = depth + 1
     if isinstance(node, ast.Name):
-        # parameters first: every call site must agree, `__init__` through its class
-        func = param_owner(ctx, node, node.id)
+        # a parameter: every call site must agree, `__init__` through its class's instantiations
+        # (`ctx.value` looks only at direct calls of the function)
         record = ctx.assignment_at(node.id, node)
-        if func is None or (record is not None and record.stmt is not func):
+        if not is_parameter(record):
             return ctx.value(node)
-        args = param_arguments(ctx, func, node.id)
+        args = param_arguments(ctx, record.stmt, node.id)
         if not args:
             return UNKNOWN
         values = [value(ctx, a, d) for a in args]
@@ -467,7 +447,7 @@ def key_origins(ctx: ModuleContext, key: str, at: ast.AST) -> tuple[list[ast.AST
     parts = key_parts(key)
     for i in range(len(parts), 0, -1):
         prefix = join_key(parts[:i])
-        if ctx.assignment_at(prefix, at) is None and (i > 1 or param_owner(ctx, at, prefix) is None):
+        if ctx.assignment_at(prefix, at) is None:
             continue
         nxt = bindings(ctx, prefix, at)
         if nxt is None:
@@ -507,23 +487,14 @@ def records_at(ctx: ModuleContext, key: str, node: ast.AST, depth: int = 0) -> l
 
 
 def bindings(ctx: ModuleContext, key: str, node: ast.AST) -> list[ast.AST] | None:
-    """The expressions `key` may hold at `node`: assignments in force (see records_at),
-    `with ... as key`, or a parameter's arguments at the call sites."""
-    records = records_at(ctx, key, node)
-    if records:
-        found: list[ast.AST] = []
-        for record in records:
-            nxt = expand_record(ctx, record, key)
-            if nxt:
-                found.extend(nxt)
-        return found or None
-    bound = with_binding(ctx, node, key)
-    if bound is not None:
-        return [bound]
-    func = param_owner(ctx, node, key)
-    if func is not None:
-        return param_arguments(ctx, func, key)
-    return None
+    """The expressions `key` may hold at `node`: the assignments in force (see records_at;
+    `with ... as key` binds the context expression, a parameter its arguments at the call sites)."""
+    found: list[ast.AST] = []
+    for record in records_at(ctx, key, node):
+        nxt = expand_record(ctx, record, key)
+        if nxt:
+            found.extend(nxt)
+    return found or None
 
 
 def join_key(parts: list[str]) -> str:
@@ -583,7 +554,7 @@ class PretrainedFinder:
 
     def __init__(self, ctx: ModuleContext):
         self.ctx = ctx
-        self.by_call = {id(m.call): m for m in ctx.models if not isinstance(m.call.func, ast.Call)}
+        self.by_call = {id(m.call): m for m in ctx.models}
         self._class_cache: dict[int, list[ModelInfo]] = {}
 
     def pretrained(self, info: ModelInfo) -> bool | None:
@@ -732,9 +703,9 @@ def may_run_before(ctx: ModuleContext, a: ast.AST, b: ast.AST) -> bool:
     return False
 
 
-def freeze_target_node(event) -> ast.AST | None:
-    """The expression a FreezeEvent's target key was read from (for origins)."""
-    node = event.node
+def freeze_target_node(node: ast.AST) -> ast.AST | None:
+    """The expression a freeze statement (`x.trainable = ...`, `x.requires_grad_(...)`)
+    freezes, read from the statement (a FreezeEvent's node)."""
     if isinstance(node, ast.Assign):
         return node.targets[0].value if isinstance(node.targets[0], ast.Attribute) else None
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -772,40 +743,3 @@ def key_parts(key: str) -> list[str]:
 def fmt(value: float) -> str:
     """0.001 -> '0.001', 1e-05 -> '1e-05', 0.0030000000000000005 -> '0.003'."""
     return f"{float(value):.6g}"
-
-
-def all_freezes(ctx: ModuleContext) -> list:
-    """`ctx.freezes` plus the ones whose flag is a parameter (`layer.trainable = trainable`
-    with `trainable=False` at every call site), which `ctx.value` cannot see."""
-    from auditor.analysis.freezing import _event
-
-    cached = getattr(ctx, "_lr_all_freezes", None)
-    if cached is not None:
-        return cached
-    events = list(ctx.freezes)
-    known = {id(e.node) for e in events}
-    for key, records in ctx.assignments.items():
-        attr = key.rsplit(".", 1)[-1]
-        if attr not in ("trainable", "requires_grad") or "." not in key:
-            continue
-        for record in records:
-            stmt = record.stmt
-            if record.value is None or record.augmented or not isinstance(stmt, ast.Assign) or id(stmt) in known:
-                continue
-            if ctx.value(record.value) is not UNKNOWN:
-                continue
-            flag = value(ctx, record.value)
-            target = stmt.targets[0]
-            if isinstance(flag, bool) and isinstance(target, ast.Attribute):
-                events.append(_event(ctx, stmt, target.value, "keras" if attr == "trainable" else "torch", not flag))
-    for call in ctx.method_calls("requires_grad_"):
-        if id(call) in known or not call.args:
-            continue
-        if ctx.value(call.args[0]) is not UNKNOWN:
-            continue
-        flag = value(ctx, call.args[0])
-        if isinstance(flag, bool):
-            events.append(_event(ctx, call, call.func.value, "torch", not flag))  # type: ignore[attr-defined]
-    events.sort(key=lambda e: ctx.order.get(e.node, 0))
-    ctx._lr_all_freezes = events  # type: ignore[attr-defined]
-    return events

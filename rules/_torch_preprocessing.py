@@ -161,7 +161,7 @@ def normalization_evidence(ctx: ModuleContext) -> list[ast.AST]:
             found.append(call)  # x.sub_(mean).div_(std)
         elif lower in ("create_model_and_transforms", "get_preprocessing_fn", "get_preprocessing"):
             found.append(call)
-    for node in ast.walk(ctx.tree):
+    for node in ctx.nodes_of(ast.Attribute, ast.BinOp, ast.AugAssign):
         if isinstance(node, ast.Attribute):
             if node.attr in ("image_mean", "image_std", "pretrained_cfg", "default_cfg"):
                 found.append(node)
@@ -184,7 +184,7 @@ def arithmetic_renormalization(ctx: ModuleContext) -> list[ast.AST]:
     feeding a pretrained perceptual-loss network. Data may be re-normalised between a
     Normalize and the model wherever this appears."""
     found = [n for n in normalization_evidence(ctx) if not isinstance(n, (ast.Call, ast.Attribute)) or _is_sub_div(n)]
-    for node in ast.walk(ctx.tree):
+    for node in ctx.nodes_of(ast.BinOp, ast.Call):
         if isinstance(node, ast.BinOp):
             left = node.left
             if isinstance(left, ast.BinOp) and (
@@ -493,8 +493,10 @@ def _truthy_weights(ctx: ModuleContext, node: ast.AST | None, framework: str) ->
 def expectation(model: ModelInfo, ctx: ModuleContext | None = None) -> Expectation | None:
     """None where the model is not one these rules judge (not pretrained, unknown source)."""
     pretrained = model.pretrained
-    if pretrained is None and ctx is not None:
-        pretrained = pretrained_through_parameter(ctx, model)
+    if pretrained is not True and ctx is not None:
+        # a flag that is a parameter: the context values it through `ctx.call_sites`, which for
+        # `__init__` does not see the class's instantiations (it falls back to the default)
+        pretrained = pretrained_through_parameter(ctx, model) or pretrained
     if pretrained is not True:
         return None
     if model.framework == "torchvision":
@@ -590,7 +592,7 @@ class Flow:
         self._func_returns = self._collect_returns()
         self._mutation_sites = [
             n
-            for n in ast.walk(ctx.tree)
+            for n in ctx.nodes_of(ast.Assign, ast.Call)
             if (isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets))
             or (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _MUTATORS)
         ]
@@ -605,8 +607,8 @@ class Flow:
         for defs in self.ctx.functions.values():
             for d in defs:
                 out[d] = []
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, (ast.Return, ast.Yield, ast.YieldFrom)) and node.value is not None:
+        for node in self.ctx.nodes_of(ast.Return, ast.Yield, ast.YieldFrom):
+            if node.value is not None:
                 fn = self.ctx.enclosing_function(node)
                 if fn in out:
                     out[fn].append(node.value)
@@ -677,8 +679,8 @@ class Flow:
         return frozenset(out)
 
     def lookup(self, key: str, node: ast.AST):
-        """`ctx.assignment_at`, plus the bindings it leaves out for a use inside their own
-        statement: the target of an enclosing `for` / `with`, and a function's parameters."""
+        """`ctx.assignment_at`, plus the binding it cannot see for a use in a comprehension's
+        element (`[f(x) for x in xs]`: the element comes before its `for` in walk order)."""
         cache_key = (key, node)
         if cache_key in self._lookups:
             return self._lookups[cache_key]
@@ -691,22 +693,14 @@ class Flow:
         record = ctx.assignment_at(key, node)
         if "." in key or "[" in key:
             return record
-        records = ctx.assignments.get(key, ())
         child: ast.AST = node
         for anc in ctx.ancestors(node):
-            if isinstance(anc, (ast.For, ast.AsyncFor)) and child not in (anc.iter, anc.target) or isinstance(anc, (ast.With, ast.AsyncWith)) and child not in anc.items:
-                binding = [r for r in records if r.stmt is anc]
-            elif isinstance(anc, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
-                binding = [r for r in records if any(r.stmt is g for g in anc.generators) and r.stmt is not child]
+            if isinstance(anc, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+                binding = [r for r in ctx.assignments.get(key, ()) if any(r.stmt is g for g in anc.generators) and r.stmt is not child]
+                if binding and (record is None or record.scope is not binding[-1].scope or record.index < binding[-1].index):
+                    return binding[-1]
             elif isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                params = [r for r in records if r.stmt is anc]
-                if params and (record is None or record.scope is not anc):
-                    return params[-1]
                 return record
-            else:
-                binding = []
-            if binding and (record is None or record.scope is not binding[-1].scope or record.index < binding[-1].index):
-                return binding[-1]
             child = anc
         return record
 
@@ -885,7 +879,7 @@ class Flow:
         return changed
 
     def _meet(self) -> None:
-        assigns = [n for n in ast.walk(self.ctx.tree) if isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets)]
+        assigns = [n for n in self.ctx.nodes_of(ast.Assign) if any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets)]
         for _ in range(self.MAX_ROUNDS):
             changed = False
             for call in self.ctx.calls:

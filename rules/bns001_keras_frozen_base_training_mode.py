@@ -9,6 +9,7 @@ from auditor.finding import Severity
 from auditor.rule import StaticRule
 
 from ._modes import analysis, mentions_batchnorm, place
+from ._shared import call_site_freezes, helper_freeze_statements, lifted_helper
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -17,7 +18,9 @@ class KerasFrozenBaseTrainingMode(StaticRule):
     """
     ## What it does
     Flags a Keras base model frozen with `base.trainable = False` and then used in the new
-    model without `training=False`: called as `base(inputs)` or `base(x, training=True)`
+    model without `training=False`.
+
+    Forms recognised: called as `base(inputs)` or `base(x, training=True)`
     while building a functional or subclassed model, put in a `Sequential([base, ...])` or
     `model.add(base)`, or wired in through `base.output`. Only bases that contain
     BatchNormalization are judged (every Keras application except VGG16/VGG19/ConvNeXt,
@@ -85,17 +88,17 @@ class KerasFrozenBaseTrainingMode(StaticRule):
 
     def check(self, ctx):
         a = analysis(ctx)
-        keras_events = [e for e in ctx.freezes if e.framework == "keras"] + _param_freezes(ctx, a)
+        # a freeze inside a helper counts where the helper is called (the context's lifted events)
+        keras_events = [e for e in call_site_freezes(ctx) if e.framework == "keras"]
         if not any(e.frozen for e in keras_events):
             return
-        keras_events.sort(key=lambda e: ctx.order.get(e.node, 0))
         done: set = set()
         for ev in keras_events:
             if not ev.frozen or ev.partial or not ev.target or ev.target == "?":
                 continue
             if "[" in ev.target or ev.target.count(".") > (1 if ev.target.startswith("self.") else 0):
                 continue  # model.layers[0], model.backbone: not a variable we can follow
-            shallow = _origins(ctx, a, ev.target, ev.node)
+            shallow = _origins(ctx, a, ev)
             if not shallow:
                 continue
             base_origins = list(dict.fromkeys(shallow + a.deep_origins(shallow)))
@@ -143,45 +146,6 @@ class KerasFrozenBaseTrainingMode(StaticRule):
                     fix_text=fix_text,
                     evidence={"base": ev.target, "unfrozen_later": unfreeze is not None},
                 )
-
-
-def _param_freezes(ctx, a) -> list[FreezeEvent]:
-    """`def build(encoder, trainable): for layer in encoder.layers: layer.trainable = trainable`
-    called with `trainable=False`: a freeze the shared freeze index cannot value (the flag is a
-    parameter)."""
-    out: list[FreezeEvent] = []
-    for key, records in ctx.assignments.items():
-        if not key.endswith(".trainable"):
-            continue
-        for rec in records:
-            stmt = rec.stmt
-            if not isinstance(stmt, ast.Assign) or not isinstance(rec.value, ast.Name):
-                continue
-            func = a.param_function(rec.value)
-            if func is None:
-                continue
-            values = set()
-            for call in a.call_sites(func):
-                arg = a.bound_argument(call, func, rec.value.id)
-                values.add(ctx.value(arg) if arg is not None else None)
-            if False not in values:
-                continue
-            receiver = stmt.targets[0].value  # type: ignore[attr-defined]
-            target = ctx.key(receiver) or "?"
-            partial = False
-            for anc in ctx.ancestors(stmt):
-                if isinstance(anc, _FUNCS):
-                    break
-                if isinstance(anc, ast.If):
-                    partial = True
-                if isinstance(anc, ast.For) and isinstance(anc.target, ast.Name) and anc.target.id == target:
-                    it = anc.iter
-                    if isinstance(it, ast.Subscript):
-                        partial, it = True, it.value
-                    if isinstance(it, ast.Attribute) and it.attr == "layers":
-                        target = ctx.key(it.value) or "?"
-            out.append(FreezeEvent(stmt, "keras", target, True, partial))
-    return out
 
 
 def _runs_after(ctx, a, node: ast.AST, freeze: ast.AST, depth: int = 0) -> bool:
@@ -243,11 +207,11 @@ def _probe_node(ctx, ev) -> ast.AST:
     return node
 
 
-def _origins(ctx, a, key: str, at: ast.AST) -> list[ast.AST]:
+def _origins(ctx, a, ev: FreezeEvent) -> list[ast.AST]:
     # the freeze may come from `base = App(..., trainable=False)` itself
-    if isinstance(at, ast.Call):
-        return [at]
-    return [o for o in a.origins_of_key(key, at) if isinstance(o, ast.Call)]
+    if isinstance(ev.node, ast.Call) and lifted_helper(ctx, ev) is None:
+        return [ev.node]
+    return [o for o in a.origins_of_key(ev.target, ev.node) if isinstance(o, ast.Call)]
 
 
 def _same(ctx, a, node: ast.AST, origins: list[ast.AST]) -> bool:
@@ -301,8 +265,8 @@ def _usages(ctx, a, origins: list[ast.AST]):
                 yield (call, f"is added to a Sequential model ({ctx.key(f.value)}.add), which calls it without training=False",
                        f"Build a functional model instead: x = {ctx.key(call.args[0])}(inputs, training=False).", seq[0])
     # base.output / base.get_layer(...).output / base.layers[i].output
-    for node in ctx.order:  # every node of the module
-        if not (isinstance(node, ast.Attribute) and node.attr in ("output", "outputs") and isinstance(node.ctx, ast.Load)):
+    for node in ctx.nodes_of(ast.Attribute):
+        if not (node.attr in ("output", "outputs") and isinstance(node.ctx, ast.Load)):
             continue
         owner = node.value
         if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Attribute) and owner.func.attr == "get_layer":
@@ -346,7 +310,7 @@ def _unfreezes(ctx, a, events, freeze, origins, containers):
             continue
         target_ok = False
         if ev.target and ev.target != "?" and "[" not in ev.target and ev.target.count(".") <= (1 if ev.target.startswith("self.") else 0):
-            ev_shallow = _origins(ctx, a, ev.target, ev.node)
+            ev_shallow = _origins(ctx, a, ev)
             ev_origins = ev_shallow + a.deep_origins(ev_shallow)
             if any(o in origins for o in ev_origins) or any(o in containers for o in ev_origins):
                 target_ok = True
@@ -379,8 +343,17 @@ def _built_from(ctx, a, model_call: ast.Call, origins) -> bool:
 
 
 def _keeps_bn_frozen(ctx, ev) -> bool:
-    """`if not isinstance(layer, BatchNormalization): layer.trainable = True` and friends."""
-    for anc in ctx.ancestors(ev.node):
+    """`if not isinstance(layer, BatchNormalization): layer.trainable = True` and friends; for a
+    call of a helper, every statement of the helper that may set the flag this way."""
+    helper = lifted_helper(ctx, ev)
+    if helper is not None:
+        sources = helper_freeze_statements(ctx, helper, "keras", ev.frozen)
+        return bool(sources) and all(_guarded_by_bn_test(ctx, n) for n in sources)
+    return _guarded_by_bn_test(ctx, ev.node)
+
+
+def _guarded_by_bn_test(ctx, node: ast.AST) -> bool:
+    for anc in ctx.ancestors(node):
         if isinstance(anc, _FUNCS):
             break
         if isinstance(anc, (ast.If, ast.IfExp)) and mentions_batchnorm(anc.test):

@@ -21,6 +21,7 @@ from ._modes import (
     place,
     strip_passthrough,
 )
+from ._shared import call_site_freezes
 
 _HEAD_NAMES = {"fc", "classifier", "head", "heads", "last_linear", "logits", "linear", "out", "output", "proj", "projection"}
 
@@ -124,7 +125,7 @@ class TorchFrozenBnTrainMode(StaticRule):
         a = analysis(ctx)
         kept: list[bool] = []
         reported: set = set()
-        for ev in ctx.freezes:
+        for ev in call_site_freezes(ctx):  # `freeze(model.features)`: judged at the helper's call sites
             if ev.framework != "torch" or not ev.frozen or not ev.target or ev.target == "?":
                 continue
             if _spares_batchnorm(ctx, ev):
@@ -183,7 +184,7 @@ def _spares_batchnorm(ctx, ev) -> bool:
 
 def _kept_in_eval_globally(ctx) -> bool:
     """Code anywhere in the file that keeps BatchNorm statistics fixed."""
-    for node in ctx.order:  # every node of the module
+    for node in ctx.nodes_of(ast.Name, ast.Attribute, ast.alias, ast.keyword, ast.Call, ast.Assign, ast.FunctionDef, ast.AsyncFunctionDef):
         if isinstance(node, ast.Name) and "FrozenBatchNorm" in node.id:
             return True
         if isinstance(node, ast.Attribute) and "FrozenBatchNorm" in node.attr:
@@ -234,23 +235,6 @@ def _eval_targets_norm_layers(ctx, call: ast.Call) -> bool:
     return False
 
 
-def _through_params(ctx, a, key: str, at: ast.AST, depth: int = 0) -> tuple[str, ast.AST]:
-    """A freeze inside a helper (`def freeze(m): for p in m.parameters(): ...`): the frozen
-    expression at the helper's (single, or first) call site."""
-    root = re.split(r"[.\[]", key, 1)[0]
-    if depth > 4 or root == "self" or ctx.assignment_at(root, at) is not None:
-        return key, at
-    func = a.param_function(root, at)
-    if func is None:
-        return key, at
-    for call in a.call_sites(func):
-        arg = a.bound_argument(call, func, root)
-        akey = ctx.key(arg) if arg is not None else None
-        if akey:
-            return _through_params(ctx, a, akey + key[len(root):], call, depth + 1)
-    return key, at
-
-
 class _Owner:
     """The frozen part, and the object whose mode controls it."""
 
@@ -262,7 +246,7 @@ class _Owner:
         self.klass = klass
         self.origins = origins
         self.label = "model"
-        self.target = ev.target  # the frozen part, in the caller's words when frozen by a helper
+        self.target = ev.target  # the frozen part (in the caller's words when frozen by a helper)
         self.at = ev.node
 
     @property
@@ -273,21 +257,16 @@ class _Owner:
 
     @classmethod
     def build(cls, ctx, a, ev):
-        target, at = _through_params(ctx, a, ev.target, ev.node)
-        root = re.split(r"[.\[]", target, 1)[0]
+        root = re.split(r"[.\[]", ev.target, 1)[0]
         if root == "self":
-            klass = ctx.enclosing_class(at)
+            klass = ctx.enclosing_class(ev.node)
             if klass is None or not a.is_torch_class(klass):
                 return None
-            owner = cls(ctx, a, ev, "self", klass, [])
-            owner.target, owner.at = target, at
-            return owner
-        origins = [o for o in a.origins_of_key(root, at) if isinstance(o, ast.Call)]
+            return cls(ctx, a, ev, "self", klass, [])
+        origins = [o for o in a.origins_of_key(root, ev.node) if isinstance(o, ast.Call)]
         if not origins:
             return None
-        owner = cls(ctx, a, ev, root, None, origins)
-        owner.target, owner.at = target, at
-        return owner
+        return cls(ctx, a, ev, root, None, origins)
 
     # ------------------------------------------------------------------ BatchNorm
     def has_bn(self) -> bool:

@@ -26,7 +26,9 @@ class KerasInferenceTrainingTrue(StaticRule):
     """
     ## What it does
     Flags a Keras model or layer called with `training=True` in inference, evaluation or
-    serving code: functions named like predict / infer / evaluate / serve / test / val,
+    serving code.
+
+    Inference code means: functions named like predict / infer / evaluate / serve / test / val,
     `@tf.function(input_signature=...)` serving functions, and module-level code after the
     model was trained with `fit()`. Calls inside `tf.GradientTape()` blocks, `train_step` /
     `train*` functions and a layer's own `call()` are training code and are not flagged;

@@ -15,7 +15,6 @@ from auditor.rule import StaticRule
 from ._optimizers import (
     OptimizerSpec,
     PretrainedFinder,
-    all_freezes,
     call_sites_of,
     fmt,
     freeze_target_node,
@@ -27,9 +26,9 @@ from ._optimizers import (
     optimizer_spec,
     origins,
     param_default,
-    param_owner,
     value,
 )
+from ._shared import call_site_freezes, helper_condition, helper_freeze_statements, is_parameter, lifted_helper
 
 #: attributes that hold a (new) classification head
 HEAD_ATTRS = frozenset(
@@ -265,10 +264,10 @@ class _Analysis:
         else:
             # `def compile_and_train(model, optimizer=...)` called once per phase: judge each
             # optimizer with the freeze state at the call site that passes it
-            owner = param_owner(ctx, opt_node, opt_node.id) if isinstance(opt_node, ast.Name) else None
+            record = ctx.assignment_at(opt_node.id, opt_node) if isinstance(opt_node, ast.Name) else None
             contexts = [(opt_node, None)]
-            record = ctx.assignment_at(opt_node.id, opt_node) if owner is not None else None
-            if owner is not None and (record is None or record.stmt is owner):
+            if is_parameter(record):
+                owner = record.stmt
                 sites = call_sites_of(ctx, owner)
                 if sites:
                     default = param_default(owner, opt_node.id)
@@ -322,7 +321,7 @@ class _Analysis:
         state = "frozen" if link.frozen_at_build else "trainable"
         model_node = origins(ctx, receiver)
         owner = ctx.enclosing_function(compile_call)
-        for event in all_freezes(ctx):
+        for event in call_site_freezes(ctx):
             if event.framework != "keras":
                 continue
             if site is None:
@@ -563,7 +562,7 @@ class _Analysis:
 
     def _torch_backbone_frozen(self, link: Link, at: ast.AST) -> bool:
         state = "trainable"
-        for event in all_freezes(self.ctx):
+        for event in call_site_freezes(self.ctx):
             if event.framework != "torch" or not may_run_before(self.ctx, event.node, at):
                 continue
             scope = self._event_scope(event)
@@ -604,13 +603,29 @@ class _Analysis:
 
     def _event_scope(self, event) -> str:
         """'full' (the whole target), 'partial' (a slice, a filtered subset or a sub-module of
-        each loop item) or 'skip' (a branch that does not run)."""
+        each loop item) or 'skip' (a branch that does not run). For a call of a freeze helper
+        (`freeze_backbone_if(net, feature_extract)`): the branches around the call, then those
+        around the helper's own freeze statements, its parameters bound to this call."""
         ctx = self.ctx
-        receiver = freeze_target_node(event)
+        helper = lifted_helper(ctx, event)
+        if helper is None:
+            return self._statement_scope(event.node, freeze_target_node(event.node), event.frozen)
+        outer = self._statement_scope(event.node, None, event.frozen)
+        statements = helper_freeze_statements(ctx, helper, event.framework, event.frozen)
+        if outer == "skip" or not statements:
+            return outer
+        inner = [self._statement_scope(s, freeze_target_node(s), event.frozen, (helper, event.node)) for s in statements]
+        inner = [i for i in inner if i != "skip"]
+        if not inner:
+            return "skip"
+        return "partial" if outer == "partial" or "partial" in inner else "full"
+
+    def _statement_scope(self, node: ast.AST, receiver: ast.AST | None, frozen: bool, call: tuple | None = None) -> str:
+        ctx = self.ctx
         receiver_key = ctx.key(receiver) if receiver is not None else None
         loop_vars: set[str] = set()
         partial = False
-        for anc in ctx.ancestors(event.node):
+        for anc in ctx.ancestors(node):
             if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 break
             if isinstance(anc, (ast.For, ast.AsyncFor)):
@@ -622,8 +637,8 @@ class _Analysis:
                         partial = True
                     if receiver_key and receiver_key != root:
                         partial = True  # layer.bn.trainable: a part of each item
-        child = event.node
-        for anc in ctx.ancestors(event.node):
+        child = node
+        for anc in ctx.ancestors(node):
             if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 break
             if isinstance(anc, ast.If):
@@ -633,14 +648,23 @@ class _Analysis:
                     if not (in_body and _excludes_head_only(anc.test)):
                         partial = True
                 else:
-                    flag = value(ctx, anc.test)
+                    flag = self._condition(anc.test, call)
                     if flag is not UNKNOWN:
                         if bool(flag) != in_body:
                             return "skip"
-                    elif not event.frozen:
+                    elif not frozen:
                         return "skip"  # an unfreeze we cannot tell runs: assume it does not
             child = anc
         return "partial" if partial else "full"
+
+    def _condition(self, test: ast.AST, call: tuple | None) -> Any:
+        """The value of an `if` test; inside a helper reached through `call` (helper, call
+        node), a test on one of its parameters reads the argument of that call."""
+        if call is not None:
+            flag = helper_condition(self.ctx, test, *call)
+            if flag is not UNKNOWN:
+                return flag
+        return value(self.ctx, test)
 
     # ------------------------------------------------------------------ loaded checkpoints
     def _loaded_weights(self, anchors: set[int], at: ast.AST, methods: tuple[str, ...], user: ast.AST) -> str | None:

@@ -148,6 +148,7 @@ class ModuleContext:
         #: instead of walking the tree again
         self.by_type: dict[type, list[ast.AST]] = {}
         self._argparse: dict[str, ast.expr] = {}
+        self._aliases: dict[str, str | None] = {}
         self._walk()
         self._models: list[ModelInfo] | None = None
         self._freezes: list[FreezeEvent] | None = None
@@ -324,12 +325,36 @@ class ModuleContext:
             return None
         base = self.imports.get(node.id)
         if base is None:
-            if node.id in self.assignments or node.id in self.functions or node.id in self.classes:
+            if node.id in self.assignments:
+                base = self._alias_by_assignment(node.id)
+                if base is None:
+                    return None
+            elif node.id in self.functions or node.id in self.classes:
                 return None
-            base = self._from_star(node.id)
-            if base is None:
-                return None
+            else:
+                base = self._from_star(node.id)
+                if base is None:
+                    return None
         return canonical(".".join([base, *reversed(parts)]))
+
+    def _alias_by_assignment(self, name: str) -> str | None:
+        """`Dense = keras.layers.Dense` or `builder = keras.applications.Xception`: a name
+        whose every binding is a plain reference to one imported thing is an alias of it."""
+        if name in self._aliases:
+            return self._aliases[name]
+        self._aliases[name] = None  # cycle guard (`a = b; b = a`)
+        targets = set()
+        for record in self.assignments[name]:
+            value = record.value
+            if record.augmented or not isinstance(value, (ast.Name, ast.Attribute)):
+                return None
+            target = self.qualname(value)
+            if target is None:
+                return None
+            targets.add(target)
+        result = targets.pop() if len(targets) == 1 else None
+        self._aliases[name] = result
+        return result
 
     def _from_star(self, name: str) -> str | None:
         for module in self.star_imports:
@@ -482,7 +507,7 @@ class ModuleContext:
             in_scope = [r for r in records if r.scope is sc]
             if not in_scope:
                 continue
-            earlier = [r for r in in_scope if r.index < position and not self._inside(node, r.stmt)]
+            earlier = [r for r in in_scope if r.index < position and not self._in_binding_source(node, r)]
             if earlier:
                 return earlier[-1]
             if sc is not scope:  # module constant defined below a function that uses it
@@ -501,6 +526,24 @@ class ModuleContext:
     def _inside(self, node: ast.AST, stmt: ast.AST) -> bool:
         return stmt is node or any(a is stmt for a in self.ancestors(node))
 
+    def _in_binding_source(self, node: ast.AST, record: Assignment) -> bool:
+        """Is `node` part of what a binding is computed from, so that it still sees the
+        previous binding? `x` on the right of `x = f(x)`, in the iterable of `for x in g(x)`,
+        in the context expression of `with open(x) as x`. Uses in a `for`/`with` body or a
+        function body (parameters) see the new binding."""
+        stmt = record.stmt
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return False
+        if isinstance(stmt, (ast.For, ast.AsyncFor, ast.comprehension)):
+            sources: list[ast.AST] = [stmt.iter]
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            sources = [item.context_expr for item in stmt.items]
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
+            return self._inside(node, stmt)
+        else:
+            return self._inside(node, stmt)
+        return any(self._inside(node, src) for src in sources if src is not None)
+
     def resolve(self, node: ast.AST | None, depth: int = 0) -> ast.AST | None:
         """Follow names to the expression they were assigned from (`x = y; y = Call()`)."""
         while node is not None and depth < 25:
@@ -508,12 +551,52 @@ class ModuleContext:
             if isinstance(node, (ast.Name, ast.Attribute)):
                 key = self.key(node)
                 record = self.assignment_at(key, node) if key else None
+                if record is not None and record.value is None and _is_parameter(record):
+                    source = self._parameter_source(record.stmt, key, depth)  # type: ignore[arg-type]
+                    if source is None:
+                        return node
+                    node = source
+                    continue
                 if record is None or record.value is None or record.augmented:
                     return node
                 node = record.value
                 continue
             return node
         return node
+
+    def parameter_arguments(self, func: ast.AST, name: str) -> list[ast.expr] | None:
+        """What each call of a module-local function passes for one parameter (the default
+        where a call does not pass it). None when a call cannot be bound (no default, `*args`)."""
+        default = _param_default(func, name)
+        out = []
+        for call in self.call_sites(func):
+            bound = self.bind_arguments(call, func)
+            if name in bound:
+                out.append(bound[name])
+            elif default is not None:
+                out.append(default)
+            else:
+                return None
+        return out
+
+    def _parameter_source(self, func: ast.AST, name: str, depth: int) -> ast.AST | None:
+        """The expression a parameter receives, for following data across functions: what
+        every call site passes when they agree (after resolving); with no call site in the
+        module, the module-level variable of the same name (a reader's reading of
+        `def train(model): ...` next to `model = resnet50(...)`), else the default."""
+        arguments = self.parameter_arguments(func, name)
+        if arguments:
+            resolved = [self.resolve(a, depth + 1) for a in arguments]
+            first = resolved[0]
+            if all(r is first for r in resolved):
+                return first
+            return None
+        if arguments is None:
+            return None
+        outer = [r for r in self.assignments.get(name, ()) if r.scope is self.tree and r.value is not None and not r.augmented]
+        if outer:
+            return outer[-1].value
+        return _param_default(func, name)
 
     def value(self, node: ast.AST | None, depth: int = 0) -> Any:
         """The Python value of a constant-like expression, or UNKNOWN."""
@@ -602,8 +685,13 @@ class ModuleContext:
                 candidates.append(self.value(default, depth))
             else:
                 return UNKNOWN
-        if not candidates and default is not None:
-            candidates.append(self.value(default, depth))
+        if not candidates:
+            if default is not None:
+                candidates.append(self.value(default, depth))
+            else:  # no caller in this module: a same-named module constant is what a reader assumes
+                outer = [r for r in self.assignments.get(name, ()) if r.scope is self.tree and r.value is not None and not r.augmented]
+                if outer:
+                    candidates.append(self.value(outer[-1].value, depth))
         if candidates and all(c is not UNKNOWN and c == candidates[0] for c in candidates):
             return candidates[0]
         return UNKNOWN
@@ -759,6 +847,10 @@ def _all_args(args: ast.arguments) -> Iterable[ast.arg]:
     yield from args.kwonlyargs
     if args.kwarg:
         yield args.kwarg
+
+
+def _is_parameter(record: Assignment) -> bool:
+    return isinstance(record.stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and record.scope is record.stmt
 
 
 def _param_default(func: ast.AST, name: str) -> ast.expr | None:

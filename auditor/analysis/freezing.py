@@ -19,26 +19,30 @@ _KERAS_ITER_ATTRS = {"layers", "submodules", "_flatten_layers"}
 
 def collect_freezes(ctx: ModuleContext) -> list[FreezeEvent]:
     events: list[FreezeEvent] = []
+    #: (statement, receiver, framework, flag expression) before the flag is evaluated
+    raw: list[tuple[ast.AST, ast.AST, str, ast.AST | None]] = []
     for key, records in ctx.assignments.items():
         attr = key.rsplit(".", 1)[-1]
         if attr not in ("trainable", "requires_grad") or "." not in key:
             continue
         for record in records:
-            if record.value is None or record.augmented:
+            if record.value is None or record.augmented or not isinstance(record.stmt, ast.Assign):
                 continue
-            flag = ctx.value(record.value)
-            if not isinstance(flag, bool):
-                continue
-            target_node = record.stmt.targets[0].value if isinstance(record.stmt, ast.Assign) else None  # type: ignore[union-attr]
-            if target_node is None or not isinstance(record.stmt, ast.Assign):
-                continue
-            framework = "keras" if attr == "trainable" else "torch"
-            events.append(_event(ctx, record.stmt, target_node, framework, not flag))
+            target_node = record.stmt.targets[0]
+            if not isinstance(target_node, ast.Attribute):
+                target_node = next((t for t in record.stmt.targets if isinstance(t, ast.Attribute) and t.attr == attr), None)
+                if target_node is None:
+                    continue
+            raw.append((record.stmt, target_node.value, "keras" if attr == "trainable" else "torch", record.value))
     for call in ctx.method_calls("requires_grad_"):
         flag_node = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "requires_grad"), None)
+        raw.append((call, call.func.value, "torch", flag_node))  # type: ignore[attr-defined]
+    for stmt, receiver, framework, flag_node in raw:
         flag = True if flag_node is None else ctx.value(flag_node)
-        if isinstance(flag, bool):
-            events.append(_event(ctx, call, call.func.value, "torch", not flag))  # type: ignore[attr-defined]
+        event = _event(ctx, stmt, receiver, framework, not flag) if isinstance(flag, bool) else None
+        if event is not None:
+            events.append(event)
+        events.extend(_lifted(ctx, stmt, receiver, framework, flag_node, event))
     for call in ctx.calls:
         # keras layers built frozen: hub.KerasLayer(url, trainable=False), Layer(trainable=False)
         for kw in call.keywords:
@@ -48,6 +52,47 @@ def collect_freezes(ctx: ModuleContext) -> list[FreezeEvent]:
                     events.append(FreezeEvent(call, "keras", ctx.key(stmt.targets[0]) or "", True, False))
     events.sort(key=lambda e: ctx.order.get(e.node, 0))
     return events
+
+
+def _lifted(
+    ctx: ModuleContext, stmt: ast.AST, receiver: ast.AST, framework: str, flag_node: ast.AST | None, event: FreezeEvent | None
+) -> list[FreezeEvent]:
+    """A freeze inside a helper (`def freeze(m, flag=False): m.trainable = flag`) freezes, at
+    each call site, what the call passes: one event per call, at the call, with the target
+    and the flag bound from the call's arguments."""
+    func = ctx.enclosing_function(stmt)
+    if func is None:
+        return []
+    args = func.args  # type: ignore[attr-defined]
+    params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    probe = event or _event(ctx, stmt, receiver, framework, True)
+    root = probe.target.split(".", 1)[0].split("[", 1)[0]
+    flag_param = flag_node.id if isinstance(flag_node, ast.Name) and flag_node.id in params else None
+    if root not in params and flag_param is None:
+        return []
+    out = []
+    for call in ctx.call_sites(func):
+        bound = ctx.bind_arguments(call, func)
+        target = probe.target
+        if root in params:
+            arg = bound.get(root)
+            key = ctx.key(arg) if arg is not None else None
+            if not key:
+                continue
+            target = key + probe.target[len(root) :]
+        frozen = probe.frozen if event is not None else None
+        if flag_param is not None:
+            flag_arg = bound.get(flag_param)
+            if flag_arg is None:
+                from auditor.analysis.context import _param_default
+
+                flag_arg = _param_default(func, flag_param)
+            value = ctx.value(flag_arg) if flag_arg is not None else None
+            frozen = (not value) if isinstance(value, bool) else None
+        if frozen is None:
+            continue
+        out.append(FreezeEvent(call, framework, target, frozen, probe.partial))
+    return out
 
 
 def _event(ctx: ModuleContext, node: ast.AST, receiver: ast.AST, framework: str, frozen: bool) -> FreezeEvent:
