@@ -113,7 +113,8 @@ def _superseded_by_lift(ctx: ModuleContext, ev, events: list) -> bool:
     if _key_root(ev.target or "") not in params and not (isinstance(flag, ast.Name) and flag.id in params):
         return False
     at_calls = {id(e.node) for e in events if e.framework == ev.framework and e.node is not node}
-    return all(id(c) in at_calls for c in sites)
+    # a call the context did not lift because it skips the freeze's branch is covered too
+    return all(id(c) in at_calls or _branch_not_taken(ctx, node, func, c) for c in sites)
 
 
 def helper_condition(ctx: ModuleContext, test: ast.AST, helper: ast.AST, call: ast.Call) -> Any:

@@ -191,6 +191,8 @@ class ModuleContext:
                     self.assignments[arg.arg].append(Assignment(arg.arg, None, node, node, counter))
             elif kind is ast.Lambda:
                 inner_scope = node
+                for arg in _all_args(node.args):  # type: ignore[attr-defined]
+                    self.assignments[arg.arg].append(Assignment(arg.arg, None, node, node, counter))
             elif kind is ast.ClassDef:
                 self.classes[node.name] = node  # type: ignore[attr-defined]
                 inner_scope = node
@@ -461,6 +463,11 @@ class ModuleContext:
         name = getattr(func, "name", None)
         if not name:
             return []
+        if name == "__init__":
+            klass = self.enclosing_class(func)
+            if klass is None:
+                return []
+            return [c for c in self.calls if isinstance(c.func, ast.Name) and c.func.id == klass.name]
         out = []
         for call in self.calls:
             f = call.func
@@ -475,7 +482,7 @@ class ModuleContext:
         """Map a module-local function's parameter names to the argument expressions of a call."""
         args = func.args  # type: ignore[attr-defined]
         params = [a.arg for a in args.posonlyargs + args.args]
-        if params and params[0] in ("self", "cls") and isinstance(call.func, ast.Attribute):
+        if params and params[0] in ("self", "cls") and (isinstance(call.func, ast.Attribute) or getattr(func, "name", "") == "__init__"):
             params = params[1:]
         bound: dict[str, ast.expr] = {}
         for name, value in zip(params, call.args):
@@ -496,6 +503,19 @@ class ModuleContext:
         if not records:
             return None
         position = self.order.get(node, 1 << 60)
+        # a comprehension variable is visible inside its comprehension only (not in the
+        # first iterable), and there it shadows everything else
+        comprehension_bound = []
+        for r in records:
+            if isinstance(r.stmt, ast.comprehension):
+                comp = self.parents.get(r.stmt)
+                if comp is not None and self._inside(node, comp) and not self._inside(node, r.stmt.iter):
+                    comprehension_bound.append(r)
+        if comprehension_bound:
+            return max(comprehension_bound, key=lambda r: r.index)
+        records = [r for r in records if not isinstance(r.stmt, ast.comprehension)]
+        if not records:
+            return None
         scope = self.scope(node)
         scopes = [scope]
         for anc in self.ancestors(node):
@@ -532,7 +552,7 @@ class ModuleContext:
         in the context expression of `with open(x) as x`. Uses in a `for`/`with` body or a
         function body (parameters) see the new binding."""
         stmt = record.stmt
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return False
         if isinstance(stmt, (ast.For, ast.AsyncFor, ast.comprehension)):
             sources: list[ast.AST] = [stmt.iter]
@@ -584,6 +604,8 @@ class ModuleContext:
         every call site passes when they agree (after resolving); with no call site in the
         module, the module-level variable of the same name (a reader's reading of
         `def train(model): ...` next to `model = resnet50(...)`), else the default."""
+        if isinstance(func, ast.Lambda):
+            return None  # called from wherever it is passed to: unknown
         arguments = self.parameter_arguments(func, name)
         if arguments:
             resolved = [self.resolve(a, depth + 1) for a in arguments]
@@ -849,8 +871,12 @@ def _all_args(args: ast.arguments) -> Iterable[ast.arg]:
         yield args.kwarg
 
 
-def _is_parameter(record: Assignment) -> bool:
-    return isinstance(record.stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and record.scope is record.stmt
+def is_parameter(record: Assignment) -> bool:
+    """Is this binding a parameter of a function or lambda (bound by the definition)?"""
+    return isinstance(record.stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and record.scope is record.stmt
+
+
+_is_parameter = is_parameter
 
 
 def _param_default(func: ast.AST, name: str) -> ast.expr | None:

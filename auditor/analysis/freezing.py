@@ -70,9 +70,14 @@ def _lifted(
     flag_param = flag_node.id if isinstance(flag_node, ast.Name) and flag_node.id in params else None
     if root not in params and flag_param is None:
         return []
+    if root not in params and any(r.scope is func for r in ctx.assignments.get(root, ())):
+        return []  # the helper freezes its own local object: nothing at the call site
+    conditions = _parameter_conditions(ctx, stmt, func, params)
     out = []
     for call in ctx.call_sites(func):
         bound = ctx.bind_arguments(call, func)
+        if not _branch_taken(ctx, func, bound, conditions):
+            continue
         target = probe.target
         if root in params:
             arg = bound.get(root)
@@ -93,6 +98,42 @@ def _lifted(
             continue
         out.append(FreezeEvent(call, framework, target, frozen, probe.partial))
     return out
+
+
+def _parameter_conditions(ctx: ModuleContext, stmt: ast.AST, func: ast.AST, params: set[str]) -> list[tuple[str, bool]]:
+    """The `if flag:` / `if not flag:` tests on parameters that guard a statement inside its
+    function, as (parameter, value the statement needs)."""
+    out = []
+    child = stmt
+    for anc in ctx.ancestors(stmt):
+        if anc is func:
+            break
+        if isinstance(anc, ast.If):
+            test, wanted = anc.test, child not in anc.orelse
+            if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+                test, wanted = test.operand, not wanted
+            if isinstance(test, ast.Name) and test.id in params:
+                out.append((test.id, wanted))
+        child = anc
+    return out
+
+
+def _branch_taken(ctx: ModuleContext, func: ast.AST, bound: dict, conditions: list[tuple[str, bool]]) -> bool:
+    """False when a call's arguments certainly skip the guarded statement."""
+    from auditor.analysis.context import _param_default
+
+    for name, wanted in conditions:
+        arg = bound.get(name)
+        if arg is None:
+            arg = _param_default(func, name)
+        if arg is None:
+            continue
+        value = ctx.value(arg)
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            continue  # unknown: keep the event
+        if bool(value) != wanted:
+            return False
+    return True
 
 
 def _event(ctx: ModuleContext, node: ast.AST, receiver: ast.AST, framework: str, frozen: bool) -> FreezeEvent:
