@@ -214,6 +214,9 @@ def test_notebook_ipython_syntax_is_understood(run, tmp_path):
         "  # a cell IPython dedents\n  x = 1\n  sd = torch.load('m.pt', weights_only=False)",
         "%%bash\necho not python",
         "torch.save?\n%load_ext autoreload",
+        # automagic pip, a shell escape continued with a backslash, and lines starting with
+        # `%` that continue an expression or sit in a string (the modulo operator, not magics)
+        "pip install timm\n!saved_model_cli show --dir d \\\n    --tag_set serve\nmsg = (\n    'loss %d'\n    % (3,)\n)\ndoc = '''a\n% not magic'''",
     ]
     write(tmp_path / "nb.ipynb", _notebook(cells))
     data = json.loads(run("check", "nb.ipynb", "--format", "json").output)

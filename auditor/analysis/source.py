@@ -14,6 +14,8 @@ from pathlib import Path
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 
 _MAGIC = re.compile(r"^\s*([%!]|\?|[A-Za-z_][\w.]*\?\s*$)")
+#: IPython's automagic: `pip install x` and `conda install x` run as %pip / %conda
+_AUTOMAGIC = re.compile(r"^\s*(pip|conda|mamba)\s+(install|uninstall|list|show|download|freeze)\b")
 #: `files = !ls` and `t = %timeit -o f()`: IPython assigns a command's output
 _MAGIC_ASSIGN = re.compile(r"^(\s*[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*,?\s*=)\s*[!%]")
 
@@ -138,13 +140,57 @@ def _strip_magics(lines: list[str]) -> list[str]:
     if indent:
         lines = [line[len(indent) :] if line.startswith(indent) else line for line in lines]
     out = []
+    depth = 0  # open brackets: inside them a leading `%` is the modulo operator, not a magic
+    in_string: str | None = None  # an open triple-quoted string
+    continued = False  # the previous magic line ended with a backslash
     for line in lines:
-        assigned = _MAGIC_ASSIGN.match(line)
+        if continued:
+            continued = line.rstrip().endswith("\\")
+            out.append("")
+            continue
+        at_statement_start = depth == 0 and in_string is None
+        assigned = _MAGIC_ASSIGN.match(line) if at_statement_start else None
         if assigned:
             out.append(assigned.group(1) + " None")
-        elif _MAGIC.match(line):
+            continued = line.rstrip().endswith("\\")
+        elif at_statement_start and (_MAGIC.match(line) or _AUTOMAGIC.match(line)):
             indent = line[: len(line) - len(line.lstrip())]
             out.append(indent + "pass" if indent else "")
+            continued = line.rstrip().endswith("\\")
         else:
             out.append(line)
+            depth, in_string = _scan_brackets(line, depth, in_string)
     return out
+
+
+def _scan_brackets(line: str, depth: int, in_string: str | None) -> tuple[int, str | None]:
+    """Bracket depth and open triple-quoted string after one line: enough to tell a
+    statement's start from a continuation line, without tokenizing the whole cell."""
+    i, n = 0, len(line)
+    while i < n:
+        ch = line[i]
+        if in_string:
+            if ch == "\\":
+                i += 2
+                continue
+            if line.startswith(in_string, i):
+                i += len(in_string)
+                in_string = None
+                continue
+            i += 1
+            continue
+        if ch == "#":
+            break
+        if ch in "\"'":
+            quote = line[i : i + 3] if line[i : i + 3] in ('"""', "'''") else ch
+            in_string = quote
+            i += len(quote)
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        i += 1
+    if in_string is not None and len(in_string) == 1:
+        in_string = None  # a one-quote string cannot span lines
+    return depth, in_string
