@@ -103,9 +103,9 @@ def _settings(config_path: str | None, select: str | None, ignore: str | None, f
 
 
 def _emit(report, fmt: str, output: str | None, quiet: bool) -> None:
-    from auditor.reporters import reporters
+    from auditor.reporters import reporter_class
 
-    reporter = reporters()[fmt]()
+    reporter = reporter_class(fmt)()
     if output:
         try:
             with open(output, "w", encoding="utf-8") as fh:
@@ -133,7 +133,6 @@ def check(paths, fmt, output, select, ignore, fail_on, config_path, quiet, debug
     Nothing is imported from torch, tensorflow or keras: this is fast enough for a
     pre-commit hook. Pass - to read source from standard input.
     """
-    from auditor import baseline as baseline_mod
     from auditor.analysis.source import SourceError, source_from_bytes
     from auditor.discover import discover
     from auditor.engine import check_paths, check_unit, default_cache_dir
@@ -168,10 +167,13 @@ def check(paths, fmt, output, select, ignore, fail_on, config_path, quiet, debug
                 continue
             findings.append(finding)
             fingerprints.append(fp)
-    if write_baseline:
-        baseline_mod.write(write_baseline, findings, fingerprints)
-    if baseline:
-        findings = baseline_mod.filter_new(baseline, findings, fingerprints)
+    if write_baseline or baseline:
+        from auditor import baseline as baseline_mod
+
+        if write_baseline:
+            baseline_mod.write(write_baseline, findings, fingerprints)
+        if baseline:
+            findings = baseline_mod.filter_new(baseline, findings, fingerprints)
     report = Report(findings=findings, files_checked=len(results))
     _emit(report, fmt, output, quiet)
     sys.exit(report.exit_code(fail))

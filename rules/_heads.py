@@ -22,7 +22,8 @@ from __future__ import annotations
 import ast
 import re
 import weakref
-from dataclasses import dataclass, replace
+from auditor.analysis.records import record as dataclass
+from auditor.analysis.records import replace
 from typing import Any, Iterator
 
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, UNKNOWN, ModelInfo, ModuleContext, kwarg

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import re
 import weakref
-from dataclasses import dataclass
+from auditor.analysis.records import record as dataclass
 from typing import Iterable, Iterator
 
 from auditor import knowledge

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from auditor.analysis.records import field
+from auditor.analysis.records import record as dataclass
 from typing import Any
 
 from auditor import knowledge

@@ -23,7 +23,8 @@ from __future__ import annotations
 import ast
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from auditor.analysis.records import field
+from auditor.analysis.records import record as dataclass
 from itertools import combinations
 from typing import Any
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from auditor.analysis.records import field
+from auditor.analysis.records import record as dataclass
 from typing import Any
 
 from auditor import knowledge

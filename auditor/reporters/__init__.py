@@ -12,15 +12,28 @@ class Reporter(Protocol):
     def render(self, report: Report, out: TextIO, *, color: bool, quiet: bool) -> None: ...
 
 
-def reporters() -> dict[str, type]:
-    """Imported on use: a pre-commit run that prints text never loads the XML machinery."""
-    from auditor.reporters.github import GithubReporter
-    from auditor.reporters.json_reporter import JsonReporter
-    from auditor.reporters.junit import JunitReporter
-    from auditor.reporters.sarif import SarifReporter
-    from auditor.reporters.text import TextReporter
+#: format -> (module, class); modules are imported only when their format is used
+_REGISTRY = {
+    "text": ("auditor.reporters.text", "TextReporter"),
+    "json": ("auditor.reporters.json_reporter", "JsonReporter"),
+    "sarif": ("auditor.reporters.sarif", "SarifReporter"),
+    "junit": ("auditor.reporters.junit", "JunitReporter"),
+    "github": ("auditor.reporters.github", "GithubReporter"),
+}
 
-    return {"text": TextReporter, "json": JsonReporter, "sarif": SarifReporter, "junit": JunitReporter, "github": GithubReporter}
+
+def reporter_class(fmt: str) -> type:
+    """The reporter for one format, importing only its module (a pre-commit run that prints
+    text never loads the XML or SARIF machinery)."""
+    import importlib
+
+    module, name = _REGISTRY[fmt]
+    return getattr(importlib.import_module(module), name)
+
+
+def reporters() -> dict[str, type]:
+    """Every reporter class by format (imports them all: for tests and listings)."""
+    return {fmt: reporter_class(fmt) for fmt in _REGISTRY}
 
 
 #: the --format choices (kept as a literal so listing them costs no imports; a test checks
