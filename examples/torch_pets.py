@@ -4,7 +4,8 @@ import argparse
 
 import torch
 import torch.nn as nn
-from torchvision import models, transforms
+from torch.utils.data import DataLoader
+from torchvision import datasets, models, transforms
 
 NUM_CLASSES = 37
 
@@ -51,7 +52,9 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--resume", default=None)
     args = parser.parse_args()
+    train_loader = DataLoader(datasets.ImageFolder("pets/train", transform=train_tf), batch_size=32, shuffle=True)
+    val_loader = DataLoader(datasets.ImageFolder("pets/val", transform=train_tf), batch_size=32)
     net = build()
     if args.resume:
         net.load_state_dict(torch.load(args.resume))
-    train(net, None, None, args.lr)
+    train(net, train_loader, val_loader, args.lr)

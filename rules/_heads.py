@@ -357,6 +357,7 @@ _CLASSY = re.compile(r"class|label|categor", re.I)
 class StatedCount:
     value: int
     desc: str  # "NUM_CLASSES = 10", "class_names (10 names)"
+    from_list: bool = False  # the length of a list of names, not a count constant
 
 
 def stated_class_count(ctx: ModuleContext) -> StatedCount | None:
@@ -391,7 +392,7 @@ def _stated_class_count(ctx: ModuleContext) -> StatedCount | None:
                 continue
             if isinstance(value, tuple) and is_list:
                 if len(value) >= 2 and all(isinstance(v, str) for v in value):
-                    found.setdefault(len(value), StatedCount(len(value), f"{key} with {len(value)} names"))
+                    found.setdefault(len(value), StatedCount(len(value), f"{key} with {len(value)} names", from_list=True))
                 continue
             if value is UNKNOWN and is_count and not is_list:
                 return None  # a count computed at run time: the file's class count is not static

@@ -828,6 +828,13 @@ class Analysis:
             return
         if name.startswith(("keras.", "tensorflow.")) and tail in ("Input", "image_dataset_from_directory", "load_img"):
             return
+        if name.startswith("sklearn.") and tail == "train_test_split":
+            # `x_tr, x_te, y_tr, y_te = train_test_split(images, labels)`: element i is a
+            # split of array i // 2
+            arrays = call.args
+            if element is not None and not any(isinstance(a, ast.Starred) for a in arrays) and element // 2 < len(arrays):
+                self._trace(arrays[element // 2], env, depth, out, seen)
+            return
         if method in _PASS_METHODS and not name.startswith(("keras.", "tensorflow.", "numpy.")):
             self._trace(func.value, env, depth, out, seen)
             return

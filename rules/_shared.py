@@ -165,3 +165,117 @@ def _default(func: ast.AST, name: str) -> ast.expr | None:
     pairs = list(zip(positional, [None] * (len(positional) - len(args.defaults)) + list(args.defaults)))
     pairs += list(zip(args.kwonlyargs, args.kw_defaults))
     return next((d for a, d in pairs if a.arg == name), None)
+
+
+# ------------------------------------------------------------------------- branches that never run
+def in_dead_branch(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Is `node` in a branch of an `if` whose test the file decides the other way?
+
+    `model_name = "squeezenet"` ... `elif model_name == "inception": freeze(model)`: that
+    freeze never runs. Tests are evaluated with `static_truth` (comparisons of constants,
+    names bound to constants, parameters that every call site of the function agrees on);
+    anything else counts as live."""
+    child = node
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.If):
+            in_body = any(child is s for s in anc.body)
+            if in_body or any(child is s for s in anc.orelse):
+                truth = static_truth(ctx, anc.test)
+                if truth is not None and truth != in_body:
+                    return True
+        elif isinstance(anc, ast.IfExp):
+            if child is anc.body or child is anc.orelse:
+                truth = static_truth(ctx, anc.test)
+                if truth is not None and truth != (child is anc.body):
+                    return True
+        child = anc
+    return False
+
+
+_COMPARE = {
+    ast.Eq: lambda a, b: a == b,
+    ast.NotEq: lambda a, b: a != b,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: lambda a, b: a is b,
+    ast.IsNot: lambda a, b: a is not b,
+}
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def static_truth(ctx: ModuleContext, test: ast.AST, depth: int = 0) -> bool | None:
+    """The truth of a simple `if` test when the file fixes it, else None. Only plain values
+    count (strings, numbers, booleans, None, tuples of them), and a function's parameter only
+    when the function is called in this file (a function nobody here calls may be called
+    with anything)."""
+    if depth > 10:
+        return None
+    if isinstance(test, ast.BoolOp):
+        parts = [static_truth(ctx, v, depth + 1) for v in test.values]
+        if isinstance(test.op, ast.And):
+            if any(p is False for p in parts):
+                return False
+            return True if all(p is True for p in parts) else None
+        if any(p is True for p in parts):
+            return True
+        return False if all(p is False for p in parts) else None
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = static_truth(ctx, test.operand, depth + 1)
+        return None if inner is None else not inner
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in _COMPARE:
+        left = _plain_value(ctx, test.left)
+        right = _plain_value(ctx, test.comparators[0])
+        if left is UNKNOWN or right is UNKNOWN:
+            return None
+        if isinstance(test.ops[0], (ast.In, ast.NotIn)) and not isinstance(right, (tuple, str)):
+            return None
+        try:
+            return bool(_COMPARE[type(test.ops[0])](left, right))
+        except TypeError:
+            return None
+    if isinstance(test, (ast.Name, ast.Constant)):
+        v = _plain_value(ctx, test)
+        return None if v is UNKNOWN else bool(v)
+    return None
+
+
+def _plain_value(ctx: ModuleContext, node: ast.AST) -> Any:
+    if isinstance(node, ast.Name):
+        record = ctx.assignment_at(node.id, node)
+        if record is None:
+            return UNKNOWN
+        if is_parameter(record) and not ctx.call_sites(record.stmt):
+            return UNKNOWN
+    elif not isinstance(node, (ast.Constant, ast.Tuple, ast.List, ast.Attribute)):
+        return UNKNOWN
+    if _from_command_line(ctx, node, 0):
+        return UNKNOWN  # an argparse default: the command line may choose the other branch
+    v = ctx.value(node)
+    if isinstance(v, tuple) and all(isinstance(e, _SIMPLE) for e in v):
+        return v
+    return v if isinstance(v, _SIMPLE) else UNKNOWN
+
+
+def _from_command_line(ctx: ModuleContext, node: ast.AST | None, depth: int) -> bool:
+    """Does this value come (through names and call sites) from `parser.parse_args()`?"""
+    if node is None or depth > 12:
+        return False
+    if isinstance(node, ast.Attribute):
+        base = node.value
+        while isinstance(base, ast.Attribute):
+            base = base.value
+        target = ctx.resolve(base) if isinstance(base, ast.Name) else base
+        if isinstance(target, ast.Subscript):
+            target = target.value
+        if isinstance(target, ast.Call) and isinstance(target.func, ast.Attribute) and target.func.attr in ("parse_args", "parse_known_args"):
+            return True
+    if isinstance(node, ast.Name):
+        record = ctx.assignment_at(node.id, node)
+        if record is None:
+            return False
+        if is_parameter(record):
+            return any(_from_command_line(ctx, a, depth + 1) for a in ctx.parameter_arguments(record.stmt, node.id) or ())
+        return record.value is not None and _from_command_line(ctx, record.value, depth + 1)
+    if isinstance(node, (ast.Tuple, ast.List, ast.BinOp, ast.Subscript)):
+        return any(_from_command_line(ctx, c, depth + 1) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr))
+    return False

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ast
 
-from auditor.analysis.context import FreezeEvent, kwarg
+from auditor.analysis.context import UNKNOWN, FreezeEvent, kwarg
 from auditor.finding import Severity
 from auditor.rule import StaticRule
 
 from ._modes import analysis, mentions_batchnorm, place
-from ._shared import call_site_freezes, helper_freeze_statements, lifted_helper
+from ._shared import call_site_freezes, helper_freeze_statements, is_parameter, lifted_helper
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -71,6 +71,11 @@ class KerasFrozenBaseTrainingMode(StaticRule):
     of other modules) are not judged. An unfreezing step that keeps BatchNormalization
     frozen (`if not isinstance(layer, BatchNormalization): layer.trainable = True`, or
     re-freezing the BatchNormalization layers afterwards) is recognised and silences the rule.
+    So is a base wrapped into a fixed feature extractor that fit() never trains: a model
+    built on it that is only called without `training=True` outside `call()` (from a custom
+    `train_step`, or eagerly on data), predicted with or saved, never compiled, fitted or
+    built into another model. Inside `call()`, `training=training` is reported even when
+    the parameter defaults to False, since fit() passes True.
 
     ## References
     - FRAMEWORK_FACTS §3.1 (K-bn, K-guide): `trainable=False` puts BatchNormalization in
@@ -110,7 +115,7 @@ class KerasFrozenBaseTrainingMode(StaticRule):
             bn, _, label = a.keras_features(_probe_node(ctx, ev))
             if bn is not True:
                 continue
-            usages = list(_usages(ctx, a, base_origins))
+            usages = [u for u in _usages(ctx, a, base_origins) if not _fixed_extractor_only(ctx, a, u, base_origins)]
             if not usages:
                 continue
             containers = [c for _, _, _, c in usages if c is not None]
@@ -235,6 +240,8 @@ def _usages(ctx, a, origins: list[ast.AST]):
                 continue  # an eager call on data, not part of a model that fit() trains
             if training is not None:
                 value = ctx.value(training)
+                if in_call_method and isinstance(training, ast.Name) and is_parameter(ctx.assignment_at(training.id, training)):
+                    value = UNKNOWN  # `def call(self, x, training=False)`: fit() passes True, the default is not what runs
                 if value is False:
                     continue
                 if value is True:
@@ -360,4 +367,96 @@ def _guarded_by_bn_test(ctx, node: ast.AST) -> bool:
             return True
         if isinstance(anc, ast.comprehension) and any(mentions_batchnorm(c) for c in anc.ifs):
             return True
+    return False
+
+
+# ------------------------------------------------------------------ models fit() never trains
+#: uses of a model that train it with fit()'s training flag
+_FIT_METHODS = frozenset({"fit", "fit_generator", "train_on_batch", "compile"})
+#: uses of a model that neither train it nor build a bigger model from it
+_NEUTRAL_METHODS = frozenset(
+    {
+        "predict", "predict_on_batch", "predict_step", "summary", "save", "save_weights", "load_weights", "evaluate",
+        "count_params", "to_json", "get_config", "trainable_variables", "trainable_weights", "non_trainable_weights",
+        "weights", "variables", "name", "export",
+    }
+)
+_STEP_METHODS = frozenset({"train_step", "test_step", "predict_step"})
+
+
+def _fixed_extractor_only(ctx, a, usage, origins) -> bool:
+    """Is every model built on this use of the base a fixed feature extractor: a model that is
+    never compiled, fitted or built into another model, only called without `training=True`
+    outside `call()` (a custom `train_step` that feeds its features to the trained parts, an
+    eager call on data)? Such a call runs BatchNormalization in inference mode whatever its
+    `trainable` flag, so the training flag of fit() never reaches the base."""
+    node, _, _, container = usage
+    if container is not None:
+        models = [container]
+    else:
+        func = ctx.enclosing_function(node)
+        if func is not None and func.name == "call" and ctx.enclosing_class(node) is not None:
+            return False  # part of a subclassed model's forward pass
+        models = [c for c in ctx.calls if ctx.call_name(c) in ("keras.Model", "keras.models.Model") and _built_from(ctx, a, c, origins)]
+    if not models:
+        return False
+    return all(_never_gets_training_flag(ctx, a, m) for m in models)
+
+
+def _never_gets_training_flag(ctx, a, model: ast.Call) -> bool:
+    holders: set[str] = set()
+    uses = []
+    for node in ctx.nodes_of(ast.Name, ast.Attribute):
+        if not isinstance(node.ctx, ast.Load):
+            continue
+        key = ctx.key(node)
+        if not key:
+            continue
+        found = a.origins(node)
+        if model in found or model in a.deep_origins(found):
+            holders.add(key.rsplit(".", 1)[-1])
+            uses.append(node)
+    if not uses:
+        return False
+    # the same model reached through a path the data flow does not follow (`outer.extractor`,
+    # a global read inside a method, which resolves to the name's last binding): every other
+    # read of a name that holds it counts as a use too
+    for node in ctx.nodes_of(ast.Name, ast.Attribute):
+        if isinstance(node.ctx, ast.Load) and (node.id if isinstance(node, ast.Name) else node.attr) in holders and node not in uses:
+            uses.append(node)
+    return all(_neutral_use(ctx, a, u) for u in uses)
+
+
+def _neutral_use(ctx, a, node: ast.AST) -> bool:
+    parent = ctx.parent(node)
+    if isinstance(parent, ast.Attribute) and parent.value is node:
+        if parent.attr in _FIT_METHODS:
+            return False
+        if parent.attr in _NEUTRAL_METHODS:
+            return True
+        if parent.attr == "trainable" and isinstance(parent.ctx, ast.Store):
+            return True
+        return False  # .output / .layers / .get_layer: a bigger model may be built from it
+    if isinstance(parent, ast.Call) and parent.func is node:
+        training = kwarg(parent, "training")
+        if training is not None:
+            if isinstance(training, ast.Name) and is_parameter(ctx.assignment_at(training.id, training)):
+                return False  # `training=training`: whatever its caller (fit) passes
+            return ctx.value(training) is False
+        func = ctx.enclosing_function(parent)
+        if func is not None and func.name == "call" and ctx.enclosing_class(parent) is not None:
+            return False  # inside a layer's call(): the outer training flag reaches it
+        inputs = parent.args[0] if parent.args else kwarg(parent, "inputs")
+        return inputs is not None and not a.reaches_keras_input(inputs)
+    if isinstance(parent, (ast.Return, ast.Assign)) and getattr(parent, "value", None) is node:
+        return True  # the uses of what receives it are judged on their own
+    if isinstance(parent, (ast.Call, ast.keyword)):
+        call = parent if isinstance(parent, ast.Call) else ctx.parent(parent)
+        if isinstance(call, ast.Call) and not ctx.call_name(call) and isinstance(call.func, ast.Name):
+            callee = call.func.id
+            # a local class or function: its uses of the parameter are judged on their own
+            return callee in ctx.classes or bool(ctx.functions.get(callee))
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in ("print", "len", "type", "id"):
+            return True
+        return False
     return False

@@ -21,7 +21,7 @@ from ._modes import (
     place,
     strip_passthrough,
 )
-from ._shared import call_site_freezes
+from ._shared import call_site_freezes, in_dead_branch
 
 _HEAD_NAMES = {"fc", "classifier", "head", "heads", "last_linear", "logits", "linear", "out", "output", "proj", "projection"}
 
@@ -96,7 +96,9 @@ class TorchFrozenBnTrainMode(StaticRule):
     torchvision, Hugging Face checkpoints without a BatchNorm family in the name) are not.
     Keeping BatchNorm trainable on purpose while the rest is frozen (fastai's `train_bn`) is
     a choice, not this bug; such code usually sets a flag the rule recognises
-    (`train_bn=`, `norm_eval=`).
+    (`train_bn=`, `norm_eval=`). A freeze or constructor in a branch the file never takes
+    (`elif arch == "inception":` with `arch = "squeezenet"` fixed in the file, not by an
+    argparse default) does not count.
 
     ## References
     - FRAMEWORK_FACTS §3.2 (PT-bn, PT-docs-eval): `requires_grad=False` does not freeze running
@@ -130,6 +132,8 @@ class TorchFrozenBnTrainMode(StaticRule):
                 continue
             if _spares_batchnorm(ctx, ev):
                 continue  # `if "bn" not in name: p.requires_grad = False`: BatchNorm is meant to train
+            if in_dead_branch(ctx, ev.node):
+                continue  # `elif model_name == "inception": freeze(model)` with model_name = "squeezenet"
             owner = _Owner.build(ctx, a, ev)
             if owner is None or owner.identity in reported:
                 continue
@@ -264,6 +268,8 @@ class _Owner:
                 return None
             return cls(ctx, a, ev, "self", klass, [])
         origins = [o for o in a.origins_of_key(root, ev.node) if isinstance(o, ast.Call)]
+        live = [o for o in origins if not in_dead_branch(ctx, o)]
+        origins = live or origins  # constructors in branches the file never takes do not count
         if not origins:
             return None
         return cls(ctx, a, ev, root, None, origins)
@@ -357,7 +363,9 @@ class _Owner:
                     return True
             return False
         root = re.split(r"[.\[]", key, 1)[0]
-        for origin in a.origins_of_key(root, at):
+        found = a.origins_of_key(root, at)
+        # `net = build(...)`: a local builder function returns the frozen model
+        for origin in found + [o for o in a.deep_origins(found) if o not in found]:
             if origin in self.origins:
                 return True
             if isinstance(origin, ast.Call) and self._wraps(origin, set()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from typing import Iterator
 
 from auditor import knowledge
@@ -10,6 +11,7 @@ from auditor.finding import Severity
 from auditor.rule import StaticRule
 from auditor.rules._heads import (
     Head,
+    StatedCount,
     classification_loss_in_file,
     expressed_through_count,
     forward_out,
@@ -43,6 +45,11 @@ class HeadClassCountMismatch(StaticRule):
     (`Dense(len(class_names))`, `nn.Linear(f, num_classes)`), when the file states two
     different counts or computes its count at run time, for one-unit heads (binary sigmoid
     heads, regressors, discriminators) and for heads it cannot tie to a classification task.
+    When the function that builds the head writes its other layers through a count
+    (`def finetune(model, classes): ... nn.Linear(128, classes)`, called as
+    `finetune(resnet18, 18)`), that count is the one the head must match; it wins over a
+    list of names (which may only label a chart), and against a different count constant
+    the rule stays silent.
 
     ## Why is this bad?
     A head with fewer outputs than classes makes some labels impossible: sparse cross-entropy
@@ -100,17 +107,54 @@ class HeadClassCountMismatch(StaticRule):
             if node is None or expressed_through_count(ctx, node):
                 continue
             units = literal_int(ctx, node)
-            if units is None or units < 2 or units == count.value:
+            if units is None or units < 2:
+                continue
+            want = count
+            local = _builder_count(ctx, head)
+            if local is not None and local.value != count.value:
+                if not count.from_list:
+                    continue  # a count constant and the builder's own count disagree: ambiguous
+                want = local  # a list of names (plot labels?) against the count the builder uses
+            if units == want.value:
                 continue
             yield self.finding(
                 ctx,
                 head.layer,
                 head=head.label(ctx),
                 units=units,
-                count=count.desc,
-                name=count.desc.split(" ", 1)[0],
-                evidence={"units": units, "class_count": count.value},
+                count=want.desc,
+                name=want.desc.split(" ", 1)[0],
+                evidence={"units": units, "class_count": want.value},
             )
+
+
+def _builder_count(ctx, head: Head) -> StatedCount | None:
+    """The class count the function building the head uses for its other layers:
+    `def finetune(model, classes): model.fc = nn.Linear(512, 128); model.fc2 = nn.Linear(128,
+    classes)` called as `finetune(resnet18, 18)` -> classes = 18. None when that function
+    writes no layer through a count, or writes it with several values."""
+    func = ctx.enclosing_function(head.layer)
+    if func is None:
+        return None
+    found: dict[int, str] = {}
+    for call in ctx.calls_to("torch.nn.Linear", "keras.layers.Dense"):
+        if call is head.layer or ctx.enclosing_function(call) is not func:
+            continue
+        is_torch = (ctx.call_name(call) or "").startswith("torch.")
+        node = kwarg(call, "out_features", 1) if is_torch else kwarg(call, "units", 0)
+        if node is None or not expressed_through_count(ctx, node):
+            continue
+        value = literal_int(ctx, node)
+        if value is None:
+            v = ctx.value(node)
+            value = v if isinstance(v, int) and not isinstance(v, bool) else None
+        if value is None or value < 2:
+            return None
+        found.setdefault(value, f"{ast.unparse(node)} = {value}")
+    if len(found) != 1:
+        return None
+    value, desc = next(iter(found.items()))
+    return StatedCount(value, desc)
 
 
 def _candidate_heads(ctx) -> Iterator[Head]:

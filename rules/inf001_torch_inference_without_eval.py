@@ -9,11 +9,13 @@ from auditor.rule import StaticRule
 
 from ._modes import (
     TRAIN,
+    ModuleDesc,
     analysis,
     decorator_names,
     enclosing_functions,
     is_inference_name,
     is_unit_test,
+    name_parts,
 )
 
 _NO_GRAD = {
@@ -94,6 +96,10 @@ class TorchInferenceWithoutEval(StaticRule):
     imported function (a trainer of another module) may come back in either mode: these are
     not judged. Neither are parameters of functions that nothing in the file calls, nor
     methods reached only from outside the module (Lightning's `validation_step`).
+    Dropout left active on purpose is not reported for models without BatchNorm: calls in a
+    function named for sampling or Monte Carlo / uncertainty estimates (`def sample(...)`,
+    `mc_predict`) and the same input passed repeatedly in a comprehension over `range()`
+    (`torch.stack([model(x) for _ in range(30)])`).
 
     ## References
     - FRAMEWORK_FACTS §4 (PT-infmode, PT-docs-eval): `no_grad` / `inference_mode` do not set eval mode.
@@ -123,9 +129,11 @@ class TorchInferenceWithoutEval(StaticRule):
             key = ctx.key(target)
             if not key or (key, id(group)) in seen:
                 continue
-            descs = a.torch_modules(target)
+            descs = [_class_in_force(ctx, a, d) for d in a.torch_modules(target)]
             if not descs or not all(d.framework == "torch" and d.sensitive for d in descs):
                 continue
+            if all(not d.bn and d.dropout for d in descs) and _sampling(ctx, call):
+                continue  # dropout noise on purpose: sampling / Monte Carlo dropout
             modes = a.mode_at(key, call)
             if modes != frozenset({TRAIN}):
                 continue
@@ -233,6 +241,54 @@ class TorchInferenceWithoutEval(StaticRule):
         return None
 
 
+
+
+#: words in a function name that say its outputs are meant to be random draws
+_MC_WORDS = ("mc", "monte", "carlo", "uncertainty", "uncertain", "bayes", "bayesian", "stochastic")
+#: ... unless the name is also a prediction / evaluation one (`evaluate_samples`)
+_SAMPLING_WORDS = ("sample", "samples", "sampling")
+
+
+def _sampling(ctx, call: ast.Call) -> bool:
+    """Random outputs are the point: the call is in a function named for sampling / Monte
+    Carlo / uncertainty (`def sample(...)`, `mc_predict`; not `evaluate_samples`), or it is
+    repeated on the same input in a comprehension over range() (`[model(x) for _ in
+    range(30)]`). Only used for models in which Dropout is the one mode-dependent layer we
+    can see (BatchNorm would still be corrupted)."""
+    for anc in ctx.ancestors(call):
+        if isinstance(anc, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            targets = {n.id for g in anc.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+            ranged = all(isinstance(g.iter, ast.Call) and isinstance(g.iter.func, ast.Name) and g.iter.func.id == "range" for g in anc.generators)
+            used = any(isinstance(n, ast.Name) and n.id in targets for n in ast.walk(call))
+            if ranged and not used:
+                return True
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            parts = name_parts(anc.name)
+            if any(p in _MC_WORDS for p in parts):
+                return True
+            if any(p in _SAMPLING_WORDS for p in parts) and not is_inference_name(anc.name):
+                return True
+    return False
+
+
+def _class_in_force(ctx, a, desc: ModuleDesc) -> ModuleDesc:
+    """A class defined twice at module level (a notebook that grows `Classifier` a Dropout
+    in a later cell): `Classifier()` at module level builds the definition in force at that
+    point, not the last one in the file."""
+    call = desc.node
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        return desc
+    name = call.func.id
+    last_def = ctx.classes.get(name)
+    if last_def is None or ctx.enclosing_function(call) is not None:
+        return desc
+    at = ctx.order.get(call, 0)
+    defs = [n for n in ctx.tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    before = [d for d in defs if ctx.order.get(d, 0) < at]
+    if len(defs) < 2 or not before or before[-1] is last_def:
+        return desc
+    bn, drop = a.torch_class_features(before[-1])
+    return ModuleDesc(desc.framework, desc.label, bn, drop, desc.initial, desc.node)
 
 
 def _consequence(desc, export: str | None) -> str:

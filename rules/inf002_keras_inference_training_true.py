@@ -182,8 +182,15 @@ def _mc_sampling(ctx, call: ast.Call) -> bool:
     """Repeated stochastic forward passes (Monte Carlo dropout): a call inside a loop or
     comprehension over range(), or in a function named for uncertainty / MC sampling."""
     for anc in ctx.ancestors(call):
-        if isinstance(anc, (ast.For, ast.comprehension)):
-            it = anc.iter
+        # `for _ in range(n): ...` and `[model(x, training=True) for _ in range(n)]` (the call
+        # is the comprehension's element: its ancestor is the ListComp, not the `comprehension`)
+        if isinstance(anc, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            iters = [g.iter for g in anc.generators]
+        elif isinstance(anc, (ast.For, ast.comprehension)):
+            iters = [anc.iter]
+        else:
+            iters = []
+        for it in iters:
             if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range":
                 return True
         if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -117,7 +117,9 @@ class FineTuningLrTooHigh(StaticRule):
     Keras examples) is reported as a warning. Models built in another module, rates read from
     YAML/JSON files or the environment, and rates changed after construction
     (`LearningRateScheduler`, writes to `param_groups`) are not followed; the rule then stays
-    silent.
+    silent. A torch optimizer whose every `.step()` follows forward passes on made-up tensors
+    only (`model(torch.rand(1, 3, 224, 224))`: autograd demos, memory or speed benchmarks)
+    fine-tunes nothing and is not reported.
 
     ## Why is this bad?
     Pretrained features are destroyed in the first few hundred steps by a learning rate chosen for
@@ -476,6 +478,8 @@ class _Analysis:
             kinds = [self._torch_part_kind(link, sub, filt, spec.call) for (link, sub), filt in linked]
             if all(k == "frozen" for k in kinds):
                 continue  # a group of frozen backbone parameters: nothing in it trains
+            if all(self._synthetic_steps_only(spec, l) for (l, _), _ in linked):
+                return  # every step follows a forward pass on torch.rand(...): a demo or benchmark
             head_only = all(k != "trainable" for k in kinds)
             link = linked[0][0][0]
             group = ""
@@ -483,6 +487,33 @@ class _Analysis:
                 group = f" (param group {index + 1}: {ast.unparse(params)[:60]})"
             node = group_node if (group_node is not None and per_group is None and len(groups) > 1) else report_at
             self._report(node, spec, float(lr), lr_origin, link, head_only, group)
+
+    def _synthetic_steps_only(self, spec: OptimizerSpec, link: Link) -> bool:
+        """Does this optimizer only ever step on random tensors? Every forward pass of the
+        linked model takes `torch.rand(...)`-style input, and every `.step()` of the optimizer
+        sits in a scope that runs such a forward pass (an autograd demo, a memory or speed
+        benchmark): nothing is fine-tuned, whatever the rate."""
+        ctx = self.ctx
+        steps = [
+            c for c in ctx.method_calls("step")
+            if any(o is spec.call for o in origins(ctx, c.func.value))  # type: ignore[attr-defined]
+        ]
+        if not steps:
+            return False
+        forwards = []
+        for call in ctx.calls:
+            func = call.func
+            target = func.value if isinstance(func, ast.Attribute) and func.attr == "forward" else func
+            if not isinstance(target, (ast.Name, ast.Attribute)) or ctx.call_name(call):
+                continue
+            if isinstance(target, ast.Name) and target.id == "self":
+                continue
+            if any(id(o) in link.anchors for o in origins(ctx, target)):
+                forwards.append(call)
+        if not forwards or not all(call.args and _random_tensor(ctx, call.args[0]) for call in forwards):
+            return False
+        scopes = {id(ctx.scope(c)) for c in forwards}
+        return all(id(ctx.scope(s)) in scopes for s in steps)
 
     def _torch_link(self, receiver: ast.AST, at: ast.AST) -> tuple[Link, list[str]] | None:
         """Walk `model.backbone.layer4` down to the first part that holds pretrained weights;
@@ -981,3 +1012,31 @@ def _enclosing_filter(ctx: ModuleContext, node: ast.AST) -> str | None:
         if isinstance(anc, ast.If):
             return _filter_kind(anc.test)
     return None
+
+
+#: constructors of synthetic input tensors
+_RANDOM_TENSORS = frozenset(
+    {
+        "torch.rand", "torch.randn", "torch.randint", "torch.rand_like", "torch.randn_like", "torch.randint_like",
+        "torch.zeros", "torch.ones", "torch.empty", "torch.full", "torch.zeros_like", "torch.ones_like",
+    }
+)
+_TENSOR_PASSTHROUGH = frozenset(
+    {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "requires_grad_", "unsqueeze", "view", "reshape", "contiguous", "detach", "clone"}
+)
+
+
+def _random_tensor(ctx: ModuleContext, node: ast.AST, depth: int = 0) -> bool:
+    """Is this input a tensor made up on the spot (`torch.rand(1, 3, 224, 224).cuda()`)?"""
+    if depth > 10:
+        return False
+    if isinstance(node, ast.Name):
+        target = ctx.resolve(node)
+        return target is not None and target is not node and _random_tensor(ctx, target, depth + 1)
+    if isinstance(node, ast.Call):
+        func = node.func
+        if (ctx.call_name(node) or "") in _RANDOM_TENSORS:
+            return True
+        if isinstance(func, ast.Attribute) and func.attr in _TENSOR_PASSTHROUGH:
+            return _random_tensor(ctx, func.value, depth + 1)
+    return False

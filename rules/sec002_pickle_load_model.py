@@ -32,6 +32,11 @@ LOADERS = {
     "pandas.read_pickle": "path",
 }
 _FILE_KWARGS = ("file", "filename", "filepath_or_buffer", "data")
+#: pickle-compatible modules re-exported elsewhere (`from ray import cloudpickle`,
+#: `joblib.externals.cloudpickle`): `<anything>.<module>.load(s)`
+_PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "pickle5", "cloudpickle", "dill"}
+#: methods that take model weights: what is passed to them came from a checkpoint
+_WEIGHT_SINKS = {"load_state_dict", "set_weights", "set_state_dict"}
 
 #: file extensions that hold models (pickle's own .pkl/.pickle say nothing either way)
 MODEL_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".joblib", ".model", ".sav", ".h5", ".hdf5", ".mdl")
@@ -142,7 +147,7 @@ class PickleLoadModel(StaticRule):
     def check(self, ctx: ModuleContext):
         for call in ctx.calls:
             name = ctx.call_name(call) or ""
-            kind = LOADERS.get(name)
+            kind = LOADERS.get(name) or _reexported_loader(name)
             if kind is None:
                 if _is_unpickler_load(ctx, call):
                     kind, name = "file", "pickle.Unpickler(...).load"
@@ -178,6 +183,9 @@ class PickleLoadModel(StaticRule):
                 return subject, "the file name looks like a model/checkpoint"
             if basename.lower().endswith(MODEL_EXTENSIONS) and not any(w in _DATA_WORDS for w in stem_words):
                 return subject, f"{basename.rsplit('.', 1)[-1]} is a model/checkpoint extension"
+        sink = _feeds_weights(ctx, call)
+        if sink:
+            return subject, sink
         if any(looks_like_data(t, True) for t in targets):
             return None
         if basename and looks_like_data(basename):
@@ -280,6 +288,52 @@ def _target_names(ctx: ModuleContext, call: ast.Call) -> list[str]:
     elif isinstance(parent, ast.keyword) and parent.arg:
         names.append(parent.arg)
     return names
+
+
+def _reexported_loader(name: str) -> str | None:
+    """'ray.cloudpickle.load' -> "file", 'joblib.externals.cloudpickle.loads' -> "bytes"."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[-2] in _PICKLE_MODULES and parts[-1] in ("load", "loads"):
+        return "file" if parts[-1] == "load" else "bytes"
+    return None
+
+
+def _feeds_weights(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """The unpickled object (or an item of it) goes to `load_state_dict` / `set_weights`:
+    `net.load_state_dict(pickle.load(f))`, `state = pickle.load(f)` then
+    `net.load_state_dict(state["net"])`. Then it is a checkpoint whatever its name."""
+    def root(node: ast.AST) -> ast.AST:
+        while isinstance(node, ast.Subscript):
+            node = node.value
+        return node
+
+    def sink_of(arg_owner: ast.AST) -> str | None:
+        if isinstance(arg_owner, ast.Call) and isinstance(arg_owner.func, ast.Attribute) and arg_owner.func.attr in _WEIGHT_SINKS:
+            return arg_owner.func.attr
+        return None
+
+    node: ast.AST = call
+    parent = ctx.parent(node)
+    while isinstance(parent, ast.Subscript) and parent.value is node:
+        node, parent = parent, ctx.parent(parent)
+    direct = sink_of(parent)
+    if direct and node in getattr(parent, "args", []):
+        return f"passed to {direct}()"
+    stmt = ctx.statement(call)
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1 or root(stmt.value) is not call:
+        return None
+    key = ctx.key(stmt.targets[0])
+    if not key:
+        return None
+    scope = ctx.enclosing_function(stmt)
+    for other in ctx.method_calls(*_WEIGHT_SINKS):
+        if ctx.order.get(other, 0) <= ctx.order.get(stmt, 0) or ctx.enclosing_function(other) is not scope:
+            continue
+        for arg in other.args:
+            base = root(arg)
+            if isinstance(base, (ast.Name, ast.Attribute)) and ctx.key(base) == key:
+                return f"{ast.unparse(arg)[:40]} is passed to {other.func.attr}()"  # type: ignore[attr-defined]
+    return None
 
 
 def _used_as_model(ctx: ModuleContext, call: ast.Call) -> str | None:
