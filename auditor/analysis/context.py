@@ -149,6 +149,8 @@ class ModuleContext:
         self.by_type: dict[type, list[ast.AST]] = {}
         self._argparse: dict[str, ast.expr] = {}
         self._aliases: dict[str, str | None] = {}
+        self._param_sources: dict[tuple[int, str], ast.AST | None] = {}
+        self._param_values: dict[tuple[int, str], Any] = {}
         self._walk()
         self._models: list[ModelInfo] | None = None
         self._freezes: list[FreezeEvent] | None = None
@@ -606,6 +608,17 @@ class ModuleContext:
         `def train(model): ...` next to `model = resnet50(...)`), else the default."""
         if isinstance(func, ast.Lambda):
             return None  # called from wherever it is passed to: unknown
+        # the answer depends only on (function, parameter): memoised, and None while being
+        # computed, so chains of helpers calling helpers stay linear and cycles end
+        memo_key = (id(func), name)
+        if memo_key in self._param_sources:
+            return self._param_sources[memo_key]
+        self._param_sources[memo_key] = None
+        result = self._compute_parameter_source(func, name, depth)
+        self._param_sources[memo_key] = result
+        return result
+
+    def _compute_parameter_source(self, func: ast.AST, name: str, depth: int) -> ast.AST | None:
         arguments = self.parameter_arguments(func, name)
         if arguments:
             resolved = [self.resolve(a, depth + 1) for a in arguments]
@@ -696,7 +709,17 @@ class ModuleContext:
         return UNKNOWN
 
     def _parameter_value(self, func: ast.AST, name: str, depth: int) -> Any:
-        """A parameter's value when every call in the module (and the default) agree."""
+        """A parameter's value when every call in the module (and the default) agree.
+        Memoised per (function, parameter), UNKNOWN while being computed (see _parameter_source)."""
+        memo_key = (id(func), name)
+        if memo_key in self._param_values:
+            return self._param_values[memo_key]
+        self._param_values[memo_key] = UNKNOWN
+        result = self._compute_parameter_value(func, name, depth)
+        self._param_values[memo_key] = result
+        return result
+
+    def _compute_parameter_value(self, func: ast.AST, name: str, depth: int) -> Any:
         candidates = []
         default = _param_default(func, name)
         for call in self.call_sites(func):
