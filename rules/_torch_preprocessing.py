@@ -1056,8 +1056,12 @@ def analyse(ctx: ModuleContext) -> Analysis:
         flow = Flow(ctx, sources, [e.node for e in entities])
         # weights overwritten from a local checkpoint are no longer the pretrained weights:
         # what that checkpoint expects is unknown, so these models are not judged
+        # (only an unconditional reload counts: under `if args.resume:` the default run still
+        # starts from the pretrained weights and their preprocessing)
         for call in ctx.method_calls("load_state_dict"):
             if not (call.args or call.keywords) or not _loads_checkpoint(ctx, (call.args or [call.keywords[0].value])[0]):
+                continue
+            if _conditional(ctx, call):
                 continue
             receiver = flow.labels(call.func.value)  # type: ignore[attr-defined]
             for ent in entities:
@@ -1067,6 +1071,16 @@ def analyse(ctx: ModuleContext) -> Analysis:
     result = Analysis(ctx, entities, flow, norms, roots)
     _CACHE[ctx] = result
     return result
+
+
+def _conditional(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Is `node` inside an `if` (or a try/except fallback) of its own function or module?"""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Module)):
+            return False
+        if isinstance(anc, (ast.If, ast.IfExp, ast.ExceptHandler)):
+            return True
+    return False
 
 
 _CHECKPOINT_LOADERS = ("torch.load", "safetensors.torch.load_file", "safetensors.torch.load", "torch.jit.load")
