@@ -199,3 +199,31 @@ def test_freezes_in_helpers_are_lifted_to_call_sites():
     assert lifted == [(13, "base", True), (14, "base", False), (15, "net.features", True)]
     # the helper's own local `base` is not mistaken for the module's `base`
     assert not [e for e in ctx.freezes if e.node.lineno == 17]
+
+
+def test_framework_hook_parameters_are_not_their_defaults():
+    ctx, tree = ctx_of(
+        """
+        from tensorflow import keras
+        class Head(keras.Model):
+            def call(self, inputs, training=False):
+                return self.base(inputs, training=training)
+        def helper(training=False):
+            return training
+        """
+    )
+    assert ctx.value(name_at(tree, "training", 5)) is UNKNOWN  # fit() passes True
+    assert ctx.value(name_at(tree, "training", 7)) is False  # a plain function: its default
+
+
+def test_constructor_passed_as_an_argument():
+    ctx, _ = ctx_of(
+        """
+        from torchvision import models
+        def build(arch, n):
+            net = arch(pretrained=True)
+            return net
+        model = build(models.resnet18, 10)
+        """
+    )
+    assert [(m.arch, m.pretrained, m.keys) for m in ctx.models] == [("resnet18", True, ["net"])]

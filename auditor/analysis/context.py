@@ -150,6 +150,8 @@ class ModuleContext:
         self._argparse: dict[str, ast.expr] = {}
         self._aliases: dict[str, str | None] = {}
         self._param_sources: dict[tuple[int, str], ast.AST | None] = {}
+        self._parameter_names: set[str] = set()  # filled by the walk
+        self._resolving: set[int] = set()
         self._param_values: dict[tuple[int, str], Any] = {}
         self._walk()
         self._models: list[ModelInfo] | None = None
@@ -191,6 +193,7 @@ class ModuleContext:
                 inner_scope = node
                 for arg in _all_args(node.args):  # type: ignore[attr-defined]
                     self.assignments[arg.arg].append(Assignment(arg.arg, None, node, node, counter))
+                    self._parameter_names.add(arg.arg)
             elif kind is ast.Lambda:
                 inner_scope = node
                 for arg in _all_args(node.args):  # type: ignore[attr-defined]
@@ -330,7 +333,7 @@ class ModuleContext:
         base = self.imports.get(node.id)
         if base is None:
             if node.id in self.assignments:
-                base = self._alias_by_assignment(node.id)
+                base = self._alias_by_assignment(node.id) or self._alias_by_parameter(node)
                 if base is None:
                     return None
             elif node.id in self.functions or node.id in self.classes:
@@ -340,6 +343,21 @@ class ModuleContext:
                 if base is None:
                     return None
         return canonical(".".join([base, *reversed(parts)]))
+
+    def _alias_by_parameter(self, node: ast.Name) -> str | None:
+        """`def build(arch): return arch(pretrained=True)` called as `build(models.resnet18)`:
+        inside `build`, `arch` is the imported thing every call passes."""
+        if node.id not in self._parameter_names or id(node) in self._resolving:
+            return None
+        record = self.assignment_at(node.id, node)
+        if record is None or not is_parameter(record) or isinstance(record.stmt, ast.Lambda):
+            return None
+        self._resolving.add(id(node))
+        try:
+            source = self._parameter_source(record.stmt, node.id, 0)
+            return self.qualname(source) if isinstance(source, (ast.Name, ast.Attribute)) else None
+        finally:
+            self._resolving.discard(id(node))
 
     def _alias_by_assignment(self, name: str) -> str | None:
         """`Dense = keras.layers.Dense` or `builder = keras.applications.Xception`: a name
@@ -619,6 +637,8 @@ class ModuleContext:
         return result
 
     def _compute_parameter_source(self, func: ast.AST, name: str, depth: int) -> ast.AST | None:
+        if _framework_hook(self, func) and not self.call_sites(func):
+            return None  # fit()/the module's __call__ pass these arguments, not the defaults
         arguments = self.parameter_arguments(func, name)
         if arguments:
             resolved = [self.resolve(a, depth + 1) for a in arguments]
@@ -720,6 +740,8 @@ class ModuleContext:
         return result
 
     def _compute_parameter_value(self, func: ast.AST, name: str, depth: int) -> Any:
+        if _framework_hook(self, func) and not self.call_sites(func):
+            return UNKNOWN  # `def call(self, x, training=False)`: fit() passes training=True
         candidates = []
         default = _param_default(func, name)
         for call in self.call_sites(func):
@@ -892,6 +914,17 @@ def _all_args(args: ast.arguments) -> Iterable[ast.arg]:
     yield from args.kwonlyargs
     if args.kwarg:
         yield args.kwarg
+
+
+#: methods a framework calls with its own arguments (Keras, PyTorch, Lightning)
+FRAMEWORK_HOOKS = frozenset(
+    {"call", "__call__", "forward", "train_step", "test_step", "predict_step", "training_step", "validation_step",
+     "test_step", "predict_step", "build", "compute_output_shape", "on_epoch_end", "on_batch_end", "on_train_batch_end"}
+)
+
+
+def _framework_hook(ctx: "ModuleContext", func: ast.AST) -> bool:
+    return getattr(func, "name", None) in FRAMEWORK_HOOKS and isinstance(ctx.parents.get(func), ast.ClassDef)
 
 
 def is_parameter(record: Assignment) -> bool:
