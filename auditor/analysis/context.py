@@ -151,6 +151,7 @@ class ModuleContext:
         self._aliases: dict[str, str | None] = {}
         self._param_sources: dict[tuple[int, str], ast.AST | None] = {}
         self._parameter_names: set[str] = set()  # filled by the walk
+        self._call_index: dict[str, list[ast.Call]] | None = None
         self._resolving: set[int] = set()
         self._param_values: dict[tuple[int, str], Any] = {}
         self._walk()
@@ -317,7 +318,7 @@ class ModuleContext:
                 return None
         return "".join(reversed(parts))
 
-    def qualname(self, node: ast.AST | None) -> str | None:
+    def qualname(self, node: ast.AST | None, follow_parameters: bool = False) -> str | None:
         """Canonical dotted name of an imported thing (`tf.keras.applications.VGG16` ->
         `keras.applications.VGG16`), None for locals and anything else."""
         if node is None:
@@ -333,7 +334,7 @@ class ModuleContext:
         base = self.imports.get(node.id)
         if base is None:
             if node.id in self.assignments:
-                base = self._alias_by_assignment(node.id) or self._alias_by_parameter(node)
+                base = self._alias_by_assignment(node.id) or (self._alias_by_parameter(node) if follow_parameters else None)
                 if base is None:
                     return None
             elif node.id in self.functions or node.id in self.classes:
@@ -355,7 +356,7 @@ class ModuleContext:
         self._resolving.add(id(node))
         try:
             source = self._parameter_source(record.stmt, node.id, 0)
-            return self.qualname(source) if isinstance(source, (ast.Name, ast.Attribute)) else None
+            return self.qualname(source, follow_parameters=True) if isinstance(source, (ast.Name, ast.Attribute)) else None
         finally:
             self._resolving.discard(id(node))
 
@@ -487,15 +488,24 @@ class ModuleContext:
             klass = self.enclosing_class(func)
             if klass is None:
                 return []
-            return [c for c in self.calls if isinstance(c.func, ast.Name) and c.func.id == klass.name]
-        out = []
-        for call in self.calls:
-            f = call.func
-            if (isinstance(f, ast.Name) and f.id == name) or (
-                isinstance(f, ast.Attribute) and f.attr == name and isinstance(f.value, ast.Name) and f.value.id in ("self", "cls")
-            ):
-                out.append(call)
-        return out
+            name = klass.name
+            return [c for c in self._calls_by_name().get(name, ()) if isinstance(c.func, ast.Name)]
+        return list(self._calls_by_name().get(name, ()))
+
+    def _calls_by_name(self) -> dict[str, list[ast.Call]]:
+        """Calls indexed by the local name they call (`f(...)`, `self.f(...)`, `cls.f(...)`),
+        built once: call_sites() is asked for constantly while following parameters."""
+        index = self._call_index
+        if index is None:
+            index = {}
+            for call in self.calls:
+                f = call.func
+                if isinstance(f, ast.Name):
+                    index.setdefault(f.id, []).append(call)
+                elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in ("self", "cls"):
+                    index.setdefault(f.attr, []).append(call)
+            self._call_index = index
+        return index
 
     @staticmethod
     def bind_arguments(call: ast.Call, func: ast.AST) -> dict[str, ast.expr]:

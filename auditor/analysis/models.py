@@ -57,6 +57,8 @@ def _model_from_call(ctx: ModuleContext, call: ast.Call) -> ModelInfo | None:
     if isinstance(call.func, ast.Call):
         return None  # `ResNet50(weights=None)(x)` applies a model; the inner call built it
     name = ctx.call_name(call)
+    if name is None and isinstance(call.func, ast.Name):
+        name = ctx.qualname(call.func, follow_parameters=True)  # `def build(arch): arch(...)`
     if name:
         if name.startswith("keras.applications."):
             return _keras_app(ctx, call, name)
