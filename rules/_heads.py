@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, UNKNOWN, ModelInfo, ModuleContext, kwarg
 from auditor.analysis.names import last
+from auditor.analysis.context import param_default as _param_default
 
 from ._shared import is_parameter
 
@@ -82,18 +83,6 @@ def param_binding(ctx: ModuleContext, node: ast.Name) -> tuple[ast.AST, str] | N
             return None
     return None
 
-
-def _param_default(func: ast.AST, name: str) -> ast.expr | None:
-    args = func.args  # type: ignore[attr-defined]
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    for arg, default in zip(positional, defaults):
-        if arg.arg == name:
-            return default
-    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        if arg.arg == name:
-            return default
-    return None
 
 
 def _init_call_sites(ctx: ModuleContext, func: ast.AST) -> list[tuple[ast.Call, dict[str, ast.expr]]]:

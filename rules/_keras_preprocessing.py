@@ -27,6 +27,7 @@ import weakref
 from auditor import knowledge
 from auditor.analysis.context import UNKNOWN, kwarg
 from auditor.analysis.names import canonical, last
+from auditor.analysis.context import param_default as _param_default
 
 from ._shared import is_parameter
 
@@ -1566,18 +1567,6 @@ def _lambda_owner(ctx, name: str, at: ast.AST) -> ast.Lambda | None:
                 return anc if isinstance(anc, ast.Lambda) else None
     return None
 
-
-def _param_default(func: ast.AST, name: str) -> ast.expr | None:
-    args = func.args  # type: ignore[attr-defined]
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    for arg, default in zip(positional, defaults):
-        if arg.arg == name:
-            return default
-    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        if arg.arg == name:
-            return default
-    return None
 
 
 def _return_value(funcdef: ast.AST) -> ast.expr | None:

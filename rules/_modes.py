@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 from auditor import knowledge
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, ModuleContext, kwarg
 from auditor.analysis.names import last
+from auditor.analysis.context import param_default
 
 from ._shared import is_parameter
 
@@ -351,16 +352,7 @@ class Analysis:
 
     @staticmethod
     def bound_argument_default(func: ast.AST, param: str) -> ast.expr | None:
-        args = func.args  # type: ignore[attr-defined]
-        positional = args.posonlyargs + args.args
-        defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-        for a, d in zip(positional, defaults):
-            if a.arg == param:
-                return d
-        for a, d in zip(args.kwonlyargs, args.kw_defaults):
-            if a.arg == param:
-                return d
-        return None
+        return param_default(func, param)
 
     def binds_in(self, scope: ast.AST, name: str) -> bool:
         """Is `name` a parameter of, or assigned in, `scope`?"""

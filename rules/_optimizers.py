@@ -25,6 +25,7 @@ from auditor.analysis.context import (
     kwarg,
 )
 from auditor.analysis.names import last
+from auditor.analysis.context import param_default
 
 from ._shared import is_parameter
 
@@ -517,19 +518,6 @@ def _tuple_item(ctx: ModuleContext, value: ast.AST, index: int) -> list[ast.AST]
         return out
     return []
 
-
-def param_default(func: ast.AST, name: str) -> ast.expr | None:
-    """The default expression of a parameter, None when it has none."""
-    args = func.args  # type: ignore[attr-defined]
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    for arg, default in zip(positional, defaults):
-        if arg.arg == name:
-            return default
-    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        if arg.arg == name:
-            return default
-    return None
 
 
 # ---------------------------------------------------------------------------------- pretrained weights

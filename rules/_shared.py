@@ -13,6 +13,7 @@ import ast
 from typing import Any
 
 from auditor.analysis.context import UNKNOWN, ModuleContext, kwarg
+from auditor.analysis.context import param_default as _default
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -158,13 +159,6 @@ def _branch_not_taken(ctx: ModuleContext, stmt: ast.AST, helper: ast.AST, call: 
         child = anc
     return False
 
-
-def _default(func: ast.AST, name: str) -> ast.expr | None:
-    args = func.args  # type: ignore[attr-defined]
-    positional = args.posonlyargs + args.args
-    pairs = list(zip(positional, [None] * (len(positional) - len(args.defaults)) + list(args.defaults)))
-    pairs += list(zip(args.kwonlyargs, args.kw_defaults))
-    return next((d for a, d in pairs if a.arg == name), None)
 
 
 # ------------------------------------------------------------------------- branches that never run

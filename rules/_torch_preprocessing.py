@@ -31,6 +31,7 @@ from typing import Any
 from auditor import knowledge
 from auditor.analysis.context import UNKNOWN, ModelInfo, ModuleContext, kwarg
 from auditor.analysis.names import last
+from auditor.analysis.context import param_default as _param_default
 
 # ---------------------------------------------------------------------------- call classes
 
@@ -468,16 +469,6 @@ def pretrained_through_parameter(ctx: ModuleContext, model: ModelInfo) -> bool |
     verdicts = [_truthy_weights(ctx, v, model.framework) for v in values]
     return True if verdicts and all(v is True for v in verdicts) else None
 
-
-def _param_default(func: ast.AST, name: str) -> ast.expr | None:
-    args = func.args  # type: ignore[attr-defined]
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
-    for arg, default in pairs:
-        if arg.arg == name:
-            return default
-    return None
 
 
 def _truthy_weights(ctx: ModuleContext, node: ast.AST | None, framework: str) -> bool | None:

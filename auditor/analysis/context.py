@@ -945,7 +945,8 @@ def is_parameter(record: Assignment) -> bool:
 _is_parameter = is_parameter
 
 
-def _param_default(func: ast.AST, name: str) -> ast.expr | None:
+def param_default(func: ast.AST, name: str) -> ast.expr | None:
+    """The default expression of a function's parameter, None when it has none."""
     args = func.args  # type: ignore[attr-defined]
     positional = args.posonlyargs + args.args
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
@@ -956,6 +957,9 @@ def _param_default(func: ast.AST, name: str) -> ast.expr | None:
         if arg.arg == name:
             return default
     return None
+
+
+_param_default = param_default
 
 
 def _binop(op: ast.operator, left: Any, right: Any) -> Any:
