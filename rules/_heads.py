@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, UNKNOWN, ModelInfo, ModuleContext, kwarg
 from auditor.analysis.names import last
 from auditor.analysis.context import param_default as _param_default
+from auditor.analysis.context import bind_parameters
 
 from ._shared import is_parameter
 
@@ -183,16 +184,7 @@ def _call_index(ctx: ModuleContext) -> dict[str, list[ast.Call]]:
     return index
 
 
-def _bind(params: list[str], call: ast.Call) -> dict[str, ast.expr]:
-    bound: dict[str, ast.expr] = {}
-    for name, value in zip(params, call.args):
-        if isinstance(value, ast.Starred):
-            break
-        bound[name] = value
-    for kw in call.keywords:
-        if kw.arg:
-            bound[kw.arg] = kw.value
-    return bound
+_bind = bind_parameters
 
 
 def _instance_calls(ctx: ModuleContext) -> dict[str, list[ast.Call]]:

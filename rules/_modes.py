@@ -326,18 +326,6 @@ class Analysis:
 
     def bind(self, call: ast.Call, func: ast.AST) -> dict[str, ast.expr]:
         """Parameter name -> argument; `Cls(...)` binds `__init__` without its `self`."""
-        if getattr(func, "name", None) == "__init__" and isinstance(call.func, ast.Name):
-            args = func.args  # type: ignore[attr-defined]
-            params = [a.arg for a in args.posonlyargs + args.args][1:]
-            bound: dict[str, ast.expr] = {}
-            for name, value in zip(params, call.args):
-                if isinstance(value, ast.Starred):
-                    break
-                bound[name] = value
-            for kw in call.keywords:
-                if kw.arg:
-                    bound[kw.arg] = kw.value
-            return bound
         return self.ctx.bind_arguments(call, func)
 
     def params(self, func: ast.AST) -> list[str]:

@@ -512,17 +512,9 @@ class ModuleContext:
         """Map a module-local function's parameter names to the argument expressions of a call."""
         args = func.args  # type: ignore[attr-defined]
         params = [a.arg for a in args.posonlyargs + args.args]
-        if params and params[0] in ("self", "cls") and (isinstance(call.func, ast.Attribute) or getattr(func, "name", "") == "__init__"):
-            params = params[1:]
-        bound: dict[str, ast.expr] = {}
-        for name, value in zip(params, call.args):
-            if isinstance(value, ast.Starred):
-                break
-            bound[name] = value
-        for kw in call.keywords:
-            if kw.arg:
-                bound[kw.arg] = kw.value
-        return bound
+        if params and (getattr(func, "name", "") == "__init__" or (params[0] in ("self", "cls") and isinstance(call.func, ast.Attribute))):
+            params = params[1:]  # `Cls(...)` and `self.f(...)` pass the instance implicitly
+        return bind_parameters(params, call)
 
     # ------------------------------------------------------------------ values
     def assignment_at(self, key: str, node: ast.AST) -> Assignment | None:
@@ -897,6 +889,20 @@ class ModuleContext:
 
 
 # ---------------------------------------------------------------------- helpers
+def bind_parameters(params: list[str], call: ast.Call) -> dict[str, ast.expr]:
+    """Parameter name -> argument expression for a call, given the parameters it fills
+    positionally (stops at `*args`; keywords by name; `**kwargs` is not expanded)."""
+    bound: dict[str, ast.expr] = {}
+    for name, value in zip(params, call.args):
+        if isinstance(value, ast.Starred):
+            break
+        bound[name] = value
+    for kw in call.keywords:
+        if kw.arg:
+            bound[kw.arg] = kw.value
+    return bound
+
+
 def kwarg(call: ast.Call, name: str, position: int | None = None) -> ast.expr | None:
     """A call's argument by keyword, or by position when it may be passed positionally."""
     for kw in call.keywords:
