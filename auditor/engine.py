@@ -12,13 +12,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from auditor._version import __version__
 from auditor.analysis.context import ModuleContext
-from auditor.analysis.source import SourceError, SourceUnit, read_source, source_from_bytes
-from auditor.finding import Finding, Severity
-from auditor.registry import all_rules
+from auditor.analysis.source import SourceError, SourceUnit, read_source_bytes, source_from_bytes
+from auditor.finding import Finding
+from auditor.registry import all_rules, rule_by_code
 from auditor.rule import StaticRule
 from auditor.suppress import is_suppressed, pragmas
 
@@ -40,7 +40,8 @@ class FileResult:
 
 
 def _usage(code: str, path: str, message: str, line: int = 1, column: int = 1, cell: int | None = None, evidence=None) -> Finding:
-    rule = next(r for r in all_rules() if r.code == code)
+    rule = rule_by_code(code)
+    assert rule is not None, code
     return Finding(
         rule=rule.code,
         name=rule.name,
@@ -58,7 +59,8 @@ def _usage(code: str, path: str, message: str, line: int = 1, column: int = 1, c
 
 def check_unit(unit: SourceUnit, codes: Sequence[str], debug: bool = False) -> FileResult:
     """All selected static rules over one source unit."""
-    rules = [r() for r in all_rules() if r.code in set(codes) and issubclass(r, StaticRule) and r.kind == "static"]
+    wanted = set(codes)
+    rules = [r() for r in all_rules() if r.code in wanted and issubclass(r, StaticRule)]
     findings: list[Finding] = []
     debug_notes: list[str] = []
     for cell, line, msg in unit.broken_cells:
@@ -132,21 +134,16 @@ def _fingerprint(finding: Finding, unit: SourceUnit, lines: list[str]) -> str:
 # ----------------------------------------------------------------------------- files
 def check_file(path: str, display: str, codes: Sequence[str], debug: bool, cache_dir: str | None) -> FileResult:
     try:
-        raw = Path(path).read_bytes() if os.path.getsize(path) <= 10 * 1024 * 1024 else None
-    except OSError as exc:
-        return FileResult(display, [_usage("USE002", display, f"cannot read: {exc.strerror or exc}")])
-    if raw is None:
-        try:
-            read_source(Path(path), display)
-        except SourceError as exc:
-            return FileResult(display, [_usage("USE002", display, str(exc))])
-    key = _cache_key(raw, display, codes) if cache_dir and raw is not None else None
+        raw = read_source_bytes(Path(path))
+    except SourceError as exc:
+        return FileResult(display, [_usage("USE002", display, str(exc))])
+    key = _cache_key(raw, display, codes) if cache_dir else None
     if key:
         cached = _cache_get(cache_dir, key)
         if cached is not None:
             return cached
     try:
-        unit = source_from_bytes(raw, display)  # type: ignore[arg-type]
+        unit = source_from_bytes(raw, display)
     except SourceError as exc:
         result = FileResult(display, [_usage("USE002", display, str(exc))])
     else:
@@ -253,9 +250,3 @@ def _cache_put(cache_dir: str, key: str, result: FileResult) -> None:
     except OSError:
         pass  # a read-only or full cache folder only costs speed
 
-
-def severity_counts(findings: Iterable[Finding]) -> dict[str, int]:
-    counts = {s.value: 0 for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)}
-    for f in findings:
-        counts[f.severity.value] += 1
-    return counts

@@ -101,6 +101,3 @@ class Finding(NamedTuple):
         kwargs = {k: v for k, v in data.items() if k in cls._fields}
         kwargs["severity"] = Severity(kwargs["severity"])
         return cls(**kwargs)
-
-    def replace(self, **changes: Any) -> "Finding":
-        return self._replace(**changes)

@@ -101,7 +101,3 @@ class Selection:
 
     def rules(self, kind: str | None = None) -> list[type[Rule]]:
         return [r for r in all_rules() if self.enabled(r) and (kind is None or r.kind == kind)]
-
-
-def ignored_by(code: str, prefixes: Iterable[str]) -> bool:
-    return any(code.startswith(p.upper()) for p in prefixes)

@@ -31,10 +31,9 @@ def environment() -> dict[str, Any]:
 class Report:
     """Findings of a run plus what reporters and exit codes need around them."""
 
-    def __init__(self, findings: list[Finding] | None = None, files_checked: int = 0, mode: str = "check"):
+    def __init__(self, findings: list[Finding] | None = None, files_checked: int = 0):
         self.findings = findings or []
         self.files_checked = files_checked
-        self.mode = mode
 
     @property
     def summary(self) -> dict[str, int]:

@@ -245,6 +245,7 @@ def test_syntax_error_is_a_finding_not_a_crash(run, tmp_path):
         ("bad.ipynb", b"{not json", "invalid JSON"),
         ("r.ipynb", json.dumps({"cells": [], "metadata": {"kernelspec": {"language": "R"}}}).encode(), "not Python"),
         ("latin.py", b"# -*- coding: nonexistent -*-\nx = 1\n", "decode"),
+        ("huge.py", b"x = 1\n" * 2_000_000, "over the 10 MiB limit"),
     ],
 )
 def test_unreadable_files_are_use002(run, tmp_path, name, content, words):

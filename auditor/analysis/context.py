@@ -593,7 +593,7 @@ class ModuleContext:
             if isinstance(node, (ast.Name, ast.Attribute)):
                 key = self.key(node)
                 record = self.assignment_at(key, node) if key else None
-                if record is not None and record.value is None and _is_parameter(record):
+                if record is not None and record.value is None and is_parameter(record):
                     source = self._parameter_source(record.stmt, key, depth)  # type: ignore[arg-type]
                     if source is None:
                         return node
@@ -609,7 +609,7 @@ class ModuleContext:
     def parameter_arguments(self, func: ast.AST, name: str) -> list[ast.expr] | None:
         """What each call of a module-local function passes for one parameter (the default
         where a call does not pass it). None when a call cannot be bound (no default, `*args`)."""
-        default = _param_default(func, name)
+        default = param_default(func, name)
         out = []
         for call in self.call_sites(func):
             bound = self.bind_arguments(call, func)
@@ -628,15 +628,7 @@ class ModuleContext:
         `def train(model): ...` next to `model = resnet50(...)`), else the default."""
         if isinstance(func, ast.Lambda):
             return None  # called from wherever it is passed to: unknown
-        # the answer depends only on (function, parameter): memoised, and None while being
-        # computed, so chains of helpers calling helpers stay linear and cycles end
-        memo_key = (id(func), name)
-        if memo_key in self._param_sources:
-            return self._param_sources[memo_key]
-        self._param_sources[memo_key] = None
-        result = self._compute_parameter_source(func, name, depth)
-        self._param_sources[memo_key] = result
-        return result
+        return _memoised(self._param_sources, (id(func), name), None, lambda: self._compute_parameter_source(func, name, depth))
 
     def _compute_parameter_source(self, func: ast.AST, name: str, depth: int) -> ast.AST | None:
         if _framework_hook(self, func) and not self.call_sites(func):
@@ -653,7 +645,7 @@ class ModuleContext:
         outer = [r for r in self.assignments.get(name, ()) if r.scope is self.tree and r.value is not None and not r.augmented]
         if outer:
             return outer[-1].value
-        return _param_default(func, name)
+        return param_default(func, name)
 
     def value(self, node: ast.AST | None, depth: int = 0) -> Any:
         """The Python value of a constant-like expression, or UNKNOWN."""
@@ -731,21 +723,14 @@ class ModuleContext:
         return UNKNOWN
 
     def _parameter_value(self, func: ast.AST, name: str, depth: int) -> Any:
-        """A parameter's value when every call in the module (and the default) agree.
-        Memoised per (function, parameter), UNKNOWN while being computed (see _parameter_source)."""
-        memo_key = (id(func), name)
-        if memo_key in self._param_values:
-            return self._param_values[memo_key]
-        self._param_values[memo_key] = UNKNOWN
-        result = self._compute_parameter_value(func, name, depth)
-        self._param_values[memo_key] = result
-        return result
+        """A parameter's value when every call in the module (and the default) agree."""
+        return _memoised(self._param_values, (id(func), name), UNKNOWN, lambda: self._compute_parameter_value(func, name, depth))
 
     def _compute_parameter_value(self, func: ast.AST, name: str, depth: int) -> Any:
         if _framework_hook(self, func) and not self.call_sites(func):
             return UNKNOWN  # `def call(self, x, training=False)`: fit() passes training=True
         candidates = []
-        default = _param_default(func, name)
+        default = param_default(func, name)
         for call in self.call_sites(func):
             bound = self.bind_arguments(call, func)
             if name in bound:
@@ -806,8 +791,6 @@ class ModuleContext:
         if fname in ("len", "float", "int", "abs", "round", "min", "max", "list", "tuple", "str", "sorted") and node.args:
             args = [self.value(a, depth) for a in node.args]
             if any(a is UNKNOWN for a in args):
-                if fname == "len" and isinstance(node.args[0], ast.Call):
-                    return self._len_of_call(node.args[0], depth)
                 return UNKNOWN
             try:
                 if fname == "len":
@@ -830,10 +813,6 @@ class ModuleContext:
         qual = self.call_name(node) or ""
         if qual in ("numpy.array", "numpy.asarray", "torch.tensor", "torch.Tensor", "numpy.float32") and node.args:
             return self.value(node.args[0], depth)
-        return UNKNOWN
-
-    def _len_of_call(self, call: ast.Call, depth: int) -> Any:
-        # len(os.listdir(...)) and friends are data-dependent
         return UNKNOWN
 
     def number(self, node: ast.AST | None) -> float | int | None:
@@ -876,9 +855,6 @@ class ModuleContext:
 
         return model_of(self, node)
 
-    def pretrained_models(self) -> list[ModelInfo]:
-        return [m for m in self.models if m.pretrained]
-
     @property
     def freezes(self) -> list[FreezeEvent]:
         if self._freezes is None:
@@ -889,6 +865,17 @@ class ModuleContext:
 
 
 # ---------------------------------------------------------------------- helpers
+def _memoised(cache: dict, key: Any, pending: Any, compute: Any) -> Any:
+    """The answer for a (function, parameter) depends on nothing else, so it is computed once.
+    While it is being computed the key reads `pending`: chains of helpers calling helpers stay
+    linear and cycles (`f` passes its parameter to `g`, `g` to `f`) end."""
+    if key in cache:
+        return cache[key]
+    cache[key] = pending
+    cache[key] = result = compute()
+    return result
+
+
 def bind_parameters(params: list[str], call: ast.Call) -> dict[str, ast.expr]:
     """Parameter name -> argument expression for a call, given the parameters it fills
     positionally (stops at `*args`; keywords by name; `**kwargs` is not expanded)."""
@@ -912,9 +899,6 @@ def kwarg(call: ast.Call, name: str, position: int | None = None) -> ast.expr | 
         return call.args[position]
     return None
 
-
-def has_kwargs_splat(call: ast.Call) -> bool:
-    return any(kw.arg is None for kw in call.keywords)
 
 
 _BINDING_NODES = frozenset(
@@ -948,8 +932,6 @@ def is_parameter(record: Assignment) -> bool:
     return isinstance(record.stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and record.scope is record.stmt
 
 
-_is_parameter = is_parameter
-
 
 def param_default(func: ast.AST, name: str) -> ast.expr | None:
     """The default expression of a function's parameter, None when it has none."""
@@ -964,8 +946,6 @@ def param_default(func: ast.AST, name: str) -> ast.expr | None:
             return default
     return None
 
-
-_param_default = param_default
 
 
 def _binop(op: ast.operator, left: Any, right: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 
-from auditor.analysis.context import FreezeEvent, ModuleContext
+from auditor.analysis.context import FreezeEvent, ModuleContext, param_default
 
 _ITER_METHODS = {"parameters", "named_parameters", "children", "named_children", "modules", "named_modules", "values"}
 _KERAS_ITER_ATTRS = {"layers", "submodules", "_flatten_layers"}
@@ -89,9 +89,7 @@ def _lifted(
         if flag_param is not None:
             flag_arg = bound.get(flag_param)
             if flag_arg is None:
-                from auditor.analysis.context import _param_default
-
-                flag_arg = _param_default(func, flag_param)
+                flag_arg = param_default(func, flag_param)
             value = ctx.value(flag_arg) if flag_arg is not None else None
             frozen = (not value) if isinstance(value, bool) else None
         if frozen is None:
@@ -120,12 +118,10 @@ def _parameter_conditions(ctx: ModuleContext, stmt: ast.AST, func: ast.AST, para
 
 def _branch_taken(ctx: ModuleContext, func: ast.AST, bound: dict, conditions: list[tuple[str, bool]]) -> bool:
     """False when a call's arguments certainly skip the guarded statement."""
-    from auditor.analysis.context import _param_default
-
     for name, wanted in conditions:
         arg = bound.get(name)
         if arg is None:
-            arg = _param_default(func, name)
+            arg = param_default(func, name)
         if arg is None:
             continue
         value = ctx.value(arg)

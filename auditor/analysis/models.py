@@ -9,14 +9,10 @@ every alias), torchvision builders (`models.resnet50(weights=...)`, `pretrained=
 from __future__ import annotations
 
 import ast
-import re
 
 from auditor import knowledge
 from auditor.analysis.context import MODEL_PASSTHROUGH_METHODS, UNKNOWN, ModelInfo, ModuleContext, kwarg
 from auditor.analysis.names import last
-
-_WEIGHTS_ENUM = re.compile(r"^([A-Za-z0-9_]+)_Weights$")
-
 
 def collect_models(ctx: ModuleContext) -> list[ModelInfo]:
     found: list[ModelInfo] = []
@@ -188,14 +184,4 @@ def _bool(value: object) -> bool | None:
         return False
     if isinstance(value, (int, float)):
         return bool(value)
-    return None
-
-
-def weights_enum_arch(ctx: ModuleContext, node: ast.AST) -> str | None:
-    """`ResNet50_Weights.IMAGENET1K_V2` -> 'resnet50' (lower-cased enum stem)."""
-    qual = ctx.qualname(node) or ctx.key(node) or ""
-    for piece in qual.split("."):
-        m = _WEIGHTS_ENUM.match(piece)
-        if m:
-            return m.group(1).lower()
     return None

@@ -116,7 +116,3 @@ def replace(obj: Any, **changes: Any) -> Any:
         raise TypeError(f"unknown fields {sorted(unknown)}")
     values.update(changes)
     return type(obj)(**values)
-
-
-def fields_of(obj_or_cls: Any) -> tuple[str, ...]:
-    return obj_or_cls.__record_fields__

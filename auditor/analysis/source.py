@@ -53,19 +53,19 @@ class SourceUnit:
         return self.cell_lines[line - 1]
 
 
-def read_source(path: Path, display: str | None = None) -> SourceUnit:
-    shown = display or str(path)
+def read_source_bytes(path: Path) -> bytes:
+    """A source file's bytes, refusing files over `MAX_SOURCE_BYTES` before reading them."""
     try:
         size = path.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise SourceError(f"file is {size / 1e6:.1f} MB, over the {MAX_SOURCE_BYTES // 2**20} MiB limit for source files")
+        return path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read: {exc.strerror or exc}") from None
-    if size > MAX_SOURCE_BYTES:
-        raise SourceError(f"file is {size / 1e6:.1f} MB, over the {MAX_SOURCE_BYTES // 2**20} MiB limit for source files")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"cannot read: {exc.strerror or exc}") from None
-    return source_from_bytes(raw, shown)
+
+
+def read_source(path: Path, display: str | None = None) -> SourceUnit:
+    return source_from_bytes(read_source_bytes(path), display or str(path))
 
 
 def source_from_bytes(raw: bytes, display: str) -> SourceUnit:
