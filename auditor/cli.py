@@ -140,6 +140,7 @@ def check(paths, fmt, output, select, ignore, fail_on, config_path, quiet, debug
 
     config, selection, fail, fmt = _settings(config_path, select, ignore, fail_on, fmt)
     quiet = quiet or bool(config.get("quiet", False))
+    output = output or config.get("output")
     codes = [r.code for r in selection.rules(kind="static")]
     results = []
     file_paths = [p for p in paths if p != "-"]

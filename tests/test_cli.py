@@ -148,6 +148,14 @@ def test_setup_cfg_configuration(run, tmp_path):
     assert run("check", "warn.py").exit_code == 0
 
 
+def test_configuration_output_and_format(run, tmp_path):
+    write(tmp_path / "bad.py", BAD_SEC)
+    write(tmp_path / "pyproject.toml", '[tool.auditor]\nformat = "json"\noutput = "report.json"\n')
+    result = run("check", "bad.py")
+    assert result.exit_code == 1 and result.output == ""
+    assert json.loads((tmp_path / "report.json").read_text())["findings"][0]["rule"] == "SEC001"
+
+
 def test_explicit_config_file(run, tmp_path):
     write(tmp_path / "warn.py", WARN_SEC)
     write(tmp_path / "ci.toml", '[tool.auditor]\nfail-on = "never"\n')
