@@ -203,6 +203,78 @@ def _per_file_ignored(finding, config) -> bool:
     return False
 
 
+@main.command()
+@click.argument("target")
+@shared_options
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Number of classes the head must produce.")
+@click.option("--pretrained", default=None, help="Family the weights came from, e.g. torchvision.models.resnet50, timm/inception_v3, keras.applications.resnet50.")
+@click.option("--sample", type=click.Path(dir_okay=False), default=None, help="Raw input batch (.npy, or .npz with x/y arrays); default: a deterministic synthetic batch.")
+@click.option("--framework", type=click.Choice(("auto", "torch", "keras")), default=None, help="Framework of the target (default auto).")
+@click.option("--trust", is_flag=True, default=False, help="Allow loading that can run code: full pickles, TorchScript, torch.export archives.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop (exit 2) after SECONDS; the model is restored.")
+@_guard
+def audit(target, fmt, output, select, ignore, fail_on, config_path, quiet, debug, num_classes, pretrained, sample, framework, trust, timeout):
+    """Dynamic checks: load a model or pipeline and measure it.
+
+    TARGET is path/to/file.py:NAME or package.module:NAME (a Pipeline, a model, or a
+    zero-argument function returning one), or a model file (.pt/.pth state dict; TorchScript
+    and .pt2 with --trust). Everything the probes touch is restored afterwards.
+    """
+    from auditor.dynamic.audit import make_context, run_probes
+    from auditor.dynamic.loading import resolve
+
+    config, selection, fail, fmt = _settings(config_path, select, ignore, fail_on, fmt)
+    quiet = quiet or bool(config.get("quiet", False))
+    output = output or config.get("output")
+    num_classes = num_classes if num_classes is not None else _config_int(config, "num-classes")
+    pretrained = pretrained or config.get("pretrained")
+    sample = sample or config.get("sample")
+    framework = framework or config.get("framework", "auto")
+    if framework not in ("auto", "torch", "keras"):
+        raise UsageFailure(f"framework must be auto, torch or keras, got {framework!r}")
+    timeout = timeout if timeout is not None else config.get("timeout")
+    loaded = resolve(target, trust=trust, framework=framework)
+    overrides = {}
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if pretrained:
+        overrides["pretrained"] = pretrained
+    if sample:
+        from auditor.dynamic.samples import load_sample
+
+        x, y = load_sample(sample)
+        overrides["sample"] = x
+        if y is not None:
+            overrides["labels"] = y
+    if loaded.pipeline is not None:
+        context = make_context(loaded.pipeline.replace(**overrides), loaded.source)
+        context.notes[:0] = list(getattr(loaded, "notes", []) or [])
+    else:
+        context = loaded.context
+        for key in ("num_classes", "pretrained"):
+            if key in overrides:
+                setattr(context, key, overrides[key])
+    show_progress = fmt != "json" and not quiet and sys.stderr.isatty()
+    progress = (lambda line: click.echo(line, err=True)) if show_progress else None
+    report = run_probes(context, selection.rules(kind="dynamic"), timeout=timeout, progress=progress)
+    report.audited = target
+    _emit(report, fmt, output, quiet)
+    sys.exit(report.exit_code(fail))
+
+
+def _config_int(config, key: str):
+    value = config.get(key)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        from auditor.config import ConfigError
+
+        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    return number
+
+
 @main.command("rules")
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", help="Output format.")
 @click.option("--all", "show_all", is_flag=True, default=False, help="Include rules that are off by default.")

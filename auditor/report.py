@@ -31,9 +31,14 @@ def environment() -> dict[str, Any]:
 class Report:
     """Findings of a run plus what reporters and exit codes need around them."""
 
-    def __init__(self, findings: list[Finding] | None = None, files_checked: int = 0):
+    def __init__(self, findings: list[Finding] | None = None, files_checked: int = 0, notes: list[str] | None = None, audited: str | None = None):
         self.findings = findings or []
         self.files_checked = files_checked
+        #: what the run wants the reader to know besides findings (a synthetic sample was
+        #: used, probes that could not run); JSON key "notes", added only when present
+        self.notes = list(notes or [])
+        #: the dynamic audit's target as the user named it (None for static checks)
+        self.audited = audited
 
     @property
     def summary(self) -> dict[str, int]:
@@ -49,9 +54,14 @@ class Report:
         return 1 if any(f.severity.rank >= threshold for f in self.findings) else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "tool": {"name": "auditor", "version": __version__},
             "environment": environment(),
             "findings": [f.to_json() for f in self.findings],
             "summary": self.summary,
         }
+        if self.audited is not None:
+            data["target"] = self.audited
+        if self.notes:
+            data["notes"] = list(self.notes)
+        return data

@@ -132,12 +132,54 @@ class StaticRule(Rule):
 
 class DynamicRule(Rule):
     """A rule that probes a loaded model. Frameworks are imported inside `probe`, never at
-    module level, so listing rules and static checks stay framework-free."""
+    module level, so listing rules and static checks stay framework-free.
+
+    `probe(ctx)` receives the audit context of one framework (`auditor.dynamic.torch_context.
+    TorchContext` for PyTorch): shared, memoised measurements (one eval pass, one train pass,
+    ...) so that five probes cost a handful of forward passes, not five times as many. The
+    engine restores the model after every probe, also when it raises.
+    """
 
     kind: ClassVar[str] = "dynamic"
+    examples_are_tests: ClassVar[bool] = False
+    #: what the probe needs: "forward" (a model it can run) or "tensors" (a state dict is enough)
+    needs: ClassVar[str] = "forward"
+    #: the verdict depends on real data: on a synthetic sample its findings are downgraded to
+    #: info and say that their confidence is lower
+    data_dependent: ClassVar[bool] = False
+    #: frameworks the probe knows how to measure
+    frameworks: ClassVar[tuple[str, ...]] = ("torch",)
 
-    def probe(self, pipeline: Any) -> Iterator[Finding]:  # pragma: no cover - abstract
+    def probe(self, ctx: Any) -> Iterable[Finding]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def finding(
+        self,
+        ctx: Any,
+        target: str | None,
+        *,
+        severity: Severity | None = None,
+        evidence: dict[str, Any] | None = None,
+        fix: str | None = None,
+        **params: Any,
+    ) -> Finding:
+        """A finding on `target` (module, parameter or tensor name) with measured `evidence`."""
+        evidence = dict(evidence or {})
+        severity = severity or self.severity
+        if self.data_dependent and getattr(ctx, "synthetic", False):
+            evidence["confidence"] = "low: measured on a synthetic sample, pass --sample"
+            severity = Severity.INFO
+        return Finding(
+            rule=self.code,
+            name=self.name,
+            category=self.category,
+            severity=severity,
+            message=_fill(self.message, params),
+            fix=fix if fix is not None else _fill(self.fix, params),
+            path=getattr(ctx, "source", None),
+            target=target,
+            evidence=evidence,
+        )
 
 
 def _cleandoc(doc: str) -> str:

@@ -56,3 +56,42 @@ def test_check_imports_no_framework(tmp_path):
     assert not [f for f in report["findings"] if f["rule"] == "USE003"], "no rule failed without frameworks"
     env = report["environment"]
     assert env["torch"] is None and env["tensorflow"] is None and env["keras"] is None
+
+
+LISTING_CHILD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    BLOCKED = ("torch", "tensorflow", "keras", "torchvision", "timm", "jax", "numpy")
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is not installed here")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from auditor.cli import main
+    from auditor.registry import all_rules
+    codes = []
+    for args in (["rules", "--format", "json"], *[["explain", r.code] for r in all_rules() if r.kind == "dynamic"]):
+        try:
+            main(args)
+        except SystemExit as exc:
+            codes.append(exc.code)
+    import auditor
+    auditor.Pipeline  # the contract's API class is framework-free too
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps({"exits": codes, "loaded": loaded}))
+    """
+)
+
+
+def test_listing_and_explaining_dynamic_rules_imports_no_framework():
+    """Dynamic rules import their framework inside `probe`, so `rules` and `explain` work on
+    a machine with no framework (and no numpy) installed."""
+    proc = subprocess.run([sys.executable, "-c", LISTING_CHILD], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert set(result["exits"]) <= {0, None}

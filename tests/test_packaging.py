@@ -33,6 +33,7 @@ def test_wheel_ships_auditor_rules_and_no_top_level_rules(tmp_path):
     assert "auditor/rules/__init__.py" in names
     assert "auditor/rules/sec001_torch_load_unsafe.py" in names
     assert "auditor/analysis/context.py" in names
+    assert "auditor/dynamic/torch_context.py" in names and "auditor/reporters/html.py" in names
     assert not [n for n in names if n.startswith("rules/")]
     assert not [n for n in names if n.startswith(("tests/", "fixtures/"))]
     entry = next(n for n in names if n.endswith("entry_points.txt"))

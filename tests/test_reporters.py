@@ -94,3 +94,28 @@ def test_github_annotations():
     assert lines[3].startswith("::notice title=USE003 rule-failure [backbone.bn1]::")
     assert len(lines) == 4
     assert render("github", EMPTY) == ""
+
+
+def test_html_is_one_escaped_self_contained_file():
+    from html.parser import HTMLParser
+
+    report = Report(FINDINGS + [Finding("BNS101", "x", "batchnorm", Severity.WARNING, "<script>alert(1)</script>", "fix & go", target="layer<1>", evidence={"z": 3.14159, "layers": ["a", "b"]})], files_checked=1, notes=["synthetic <sample>"], audited="m.py:build")
+    out = render("html", report)
+    assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
+    assert "<script>" not in out and "&lt;script&gt;" in out and "layer&lt;1&gt;" in out
+    assert "http://" not in out and "https://" not in out and "<link" not in out, "self-contained: no external resources"
+    tags = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append(tag)
+
+    Collect().feed(out)
+    assert tags.count("div") == len(report.findings)
+    assert "3.142" in out and "note: synthetic &lt;sample&gt;" in out
+
+
+def test_json_notes_and_target_are_additive():
+    data = json.loads(render("json", Report([], files_checked=1, notes=["n"], audited="t.pt")))
+    assert data["notes"] == ["n"] and data["target"] == "t.pt"
+    assert "notes" not in json.loads(render("json", EMPTY)) and "target" not in json.loads(render("json", EMPTY))

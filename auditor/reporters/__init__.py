@@ -19,6 +19,7 @@ _REGISTRY = {
     "sarif": ("auditor.reporters.sarif", "SarifReporter"),
     "junit": ("auditor.reporters.junit", "JunitReporter"),
     "github": ("auditor.reporters.github", "GithubReporter"),
+    "html": ("auditor.reporters.html", "HtmlReporter"),
 }
 
 
@@ -38,4 +39,4 @@ def reporters() -> dict[str, type]:
 
 #: the --format choices (kept as a literal so listing them costs no imports; a test checks
 #: it equals reporters())
-FORMATS = ("text", "json", "sarif", "junit", "github")
+FORMATS = ("text", "json", "sarif", "junit", "github", "html")

@@ -52,12 +52,15 @@ class TextReporter:
                 out.write(row + "\n")
         if quiet:
             return
+        for note in getattr(report, "notes", ()):
+            out.write(style(f"note: {note}", fg="cyan") + "\n")
         counts = report.summary
         n = len(report.findings)
         files = report.files_checked
         noun = "file" if files == 1 else "files"
+        where = f"{files} {noun}" if getattr(report, "audited", None) is None else report.audited
         if n == 0:
-            out.write(style(f"No findings in {files} {noun}.", fg="green") + "\n")
+            out.write(style(f"No findings in {where}.", fg="green") + "\n")
         else:
             parts = f"{counts['error']} error{'s' * (counts['error'] != 1)}, {counts['warning']} warning{'s' * (counts['warning'] != 1)}, {counts['info']} info"
-            out.write(style(f"Found {n} finding{'s' * (n != 1)} ({parts}) in {files} {noun}.", bold=True) + "\n")
+            out.write(style(f"Found {n} finding{'s' * (n != 1)} ({parts}) in {where}.", bold=True) + "\n")
