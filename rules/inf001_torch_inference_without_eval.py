@@ -182,6 +182,8 @@ class TorchInferenceWithoutEval(StaticRule):
         funcs = list(enclosing_functions(ctx, call))
         if any(is_unit_test(ctx, f) for f in funcs):
             return None  # test suites run modules in training mode on purpose
+        if any(_recalibrates_batchnorm(f) for f in funcs):
+            return None  # re-estimating BatchNorm statistics (swa_utils.update_bn style) is train mode on purpose
         name = ctx.call_name(call) or ""
         if name in _EXPORTS:
             target = call.args[0] if call.args else None
@@ -311,3 +313,21 @@ def _consequence(desc, export: str | None) -> str:
     if desc.dropout:
         parts.append("Dropout (or stochastic depth) zeroes random activations, so outputs are random")
     return "; ".join(parts)
+
+
+_RECALIBRATION_NAMES = ("calib", "update_bn", "recompute_bn", "bn_stat", "adapt_bn", "recalib", "reestimate")
+
+
+def _recalibrates_batchnorm(func: ast.AST) -> bool:
+    """A function that re-estimates BatchNorm running statistics on purpose: it resets them
+    (`reset_running_stats()`), sets `.momentum` (None = exact average), or is named for it
+    (`calibrate_bn`, `update_bn`: torch.optim.swa_utils.update_bn runs train() + no_grad)."""
+    name = getattr(func, "name", "").lower()
+    if any(word in name for word in _RECALIBRATION_NAMES):
+        return True
+    for node in ast.walk(func):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "reset_running_stats":
+            return True
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "momentum" for t in node.targets):
+            return True
+    return False

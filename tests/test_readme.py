@@ -22,6 +22,7 @@ def test_quick_start_has_the_two_commands():
     assert len(commands) == 2
     main_job, tests = commands
     assert "pip install" in main_job and "auditor check examples/" in main_job
+    assert "auditor audit examples/torch_pipeline.py:build" in main_job, "the main job shows the dynamic half too"
     assert "torch==2.13.0" in tests and "pytest" in tests
 
 
@@ -42,3 +43,20 @@ def test_main_job_finds_real_problems_in_the_examples(tmp_path):
     categories = {f["category"] for f in findings}
     assert {"preprocessing", "batchnorm", "inference-mutation", "head", "learning-rate", "security"} <= categories, categories
     assert not [f for f in findings if f["category"] == "usage"]
+
+
+def test_main_job_audits_the_bundled_pipeline_with_real_findings(tmp_path):
+    out = tmp_path / "a.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor", "audit", "examples/torch_pipeline.py:build", "--format", "json", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(out.read_text())
+    found = {(f["rule"], f["target"]) for f in report["findings"]}
+    assert {("PRE101", "preprocess"), ("BNS103", "bn1"), ("HED101", "fc"), ("LRT101", "conv2")} <= found, found
+    assert not [f for f in report["findings"] if f["category"] == "usage"]
+    assert report["environment"]["torch"] and report["environment"]["keras"] is None and report["environment"]["tensorflow"] is None
