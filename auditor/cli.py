@@ -256,7 +256,7 @@ def audit(target, fmt, output, select, ignore, fail_on, config_path, quiet, debu
                 setattr(context, key, overrides[key])
     show_progress = fmt != "json" and not quiet and sys.stderr.isatty()
     progress = (lambda line: click.echo(line, err=True)) if show_progress else None
-    report = run_probes(context, selection.rules(kind="dynamic"), timeout=timeout, progress=progress)
+    report = run_probes(context, selection.rules(kind="dynamic"), timeout=timeout, progress=progress, debug=debug)
     report.audited = target
     _emit(report, fmt, output, quiet)
     sys.exit(report.exit_code(fail))

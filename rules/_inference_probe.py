@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from auditor.dynamic.torch_context import primary_output
+from auditor.dynamic.torch_context import primary_output, reseed
 from auditor.dynamic.torch_state import _bits
 
 ROOT = "<model>"
@@ -102,7 +102,7 @@ def traced(ctx: Any, kind: str, *, seed: int | None = None, grad: str = "no_grad
     which has no Python hooks). `seed`: reseed torch (all devices), Python's `random` and
     NumPy's global generator first (the run restores all of them afterwards). Restores."""
     if seed is not None:
-        reseed(ctx, seed)
+        reseed(seed)
     tracer = None if getattr(ctx, "scripted", False) else CallTracer(ctx.model)
     try:
         if tracer is not None:
@@ -113,22 +113,6 @@ def traced(ctx: Any, kind: str, *, seed: int | None = None, grad: str = "no_grad
     finally:
         ctx.restore()
     return record, tracer
-
-
-def reseed(ctx: Any, seed: int) -> None:
-    import random
-    import sys
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    rng = getattr(getattr(ctx, "state", None), "rng", {}) or {}
-    if "numpy" in rng and "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed(seed % 2**32)
-
-
-def other_seed() -> int:
-    """A seed whose stream differs from the user's current generator state."""
-    return (torch.initial_seed() + 0x9E3779B9) % (2**63 - 1)
 
 
 def first_divergence(a: CallTracer | None, b: CallTracer | None) -> tuple[str | None, str]:

@@ -49,17 +49,10 @@ class Skip(Exception):
 def looks_untrained(model: torch.nn.Module) -> bool:
     """True when every BatchNorm still holds its initial statistics (mean 0, var 1, no batches
     tracked): a freshly constructed network, not pretrained weights. Without BatchNorm: False."""
-    seen = False
-    for module in model.modules():
-        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or module.running_mean is None:
-            continue
-        seen = True
-        tracked = getattr(module, "num_batches_tracked", None)
-        if tracked is not None and int(tracked) > 0:
-            return False
-        if bool(module.running_mean.abs().max() > 0) or bool((module.running_var - 1).abs().max() > 0):
-            return False
-    return seen
+    from ._batchnorm_probe import is_initial
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    return bool(layers) and all(is_initial(m) for m in layers)
 
 
 def _targets(ctx: Any, output: torch.Tensor) -> tuple[torch.Tensor, str]:

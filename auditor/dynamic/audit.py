@@ -62,9 +62,9 @@ def make_context(pipeline: Any, source: str | None = None) -> Any:
     raise UsageFailure(f"cannot audit a {type(pipeline.model).__module__}.{type(pipeline.model).__name__}: expected a torch.nn.Module")
 
 
-def run_probes(context: Any, rules: list, *, timeout: float | None = None, progress: Callable[[str], None] | None = None) -> Report:
+def run_probes(context: Any, rules: list, *, timeout: float | None = None, progress: Callable[[str], None] | None = None, debug: bool = False) -> Report:
+    """Run `rules` against `context`; `debug` prints the traceback of a probe that fails."""
     findings: list[Finding] = []
-    notes = list(getattr(context, "notes", []))
     skipped = []
     deadline = _Deadline(timeout)
     current = "setup"
@@ -86,7 +86,7 @@ def run_probes(context: Any, rules: list, *, timeout: float | None = None, progr
                 except (UsageFailure, KeyboardInterrupt):
                     raise
                 except Exception as exc:  # noqa: BLE001 - one probe's bug must not hide the others
-                    findings.append(_probe_failure(rule_class, exc, context))
+                    findings.append(_probe_failure(rule_class, exc, context, debug))
                 finally:
                     context.restore()
                     if progress:
@@ -95,19 +95,19 @@ def run_probes(context: Any, rules: list, *, timeout: float | None = None, progr
         raise AuditTimeout(f"the audit ran past --timeout {timeout:g}s (during {current}); the model was restored") from None
     finally:
         context.restore()
-    notes = list(getattr(context, "notes", notes))
+    notes = list(getattr(context, "notes", []))
     if skipped and not context.has_forward:
         notes.append("these probes need a model with a forward pass and did not run: " + ", ".join(skipped))
     findings.sort(key=lambda f: (-f.severity.rank, f.rule, f.target or ""))
     return Report(findings=findings, files_checked=1, notes=notes, audited=getattr(context, "source", None) or "<pipeline>")
 
 
-def _probe_failure(rule_class: Any, exc: BaseException, context: Any) -> Finding:
-    import traceback
-
+def _probe_failure(rule_class: Any, exc: BaseException, context: Any, debug: bool) -> Finding:
     detail = f"{rule_class.code} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    if "--debug" in sys.argv:
-        traceback.print_exc(file=sys.stderr)
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
     return Finding(
         rule="USE003",
         name="rule-failure",

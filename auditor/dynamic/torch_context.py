@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from auditor.analysis.records import record
+from auditor.dynamic.loading import user_error
 from auditor.dynamic.torch_state import TensorChange, TorchState
 from auditor.errors import UsageFailure
 
@@ -223,7 +224,7 @@ class TorchContext:
                 items = [preprocess(item) for item in raw]
                 out = torch.stack([self._to_model(item, move=False) for item in items])
             except Exception:  # noqa: BLE001
-                raise SampleError(f"preprocess failed on the sample of shape {_shape(raw)} {_dtype(raw)}: {_one_line(batch_error)}") from batch_error
+                raise SampleError(f"preprocess failed on the sample of shape {_shape(raw)} {_dtype(raw)}: {user_error(batch_error)}") from batch_error
         return self._to_model(out)
 
     def inputs(self) -> Any:
@@ -357,8 +358,7 @@ class TorchContext:
         shape = _shape(inputs)
         layer = first_layer(self.model)
         where = f"; the first layer {layer[0] or '<root>'} ({layer_kind(layer[1])}) expects {expected_input(layer[1])}" if layer else ""
-        origin = _user_frame(exc)
-        return f"the model cannot run on the sample: input {shape} {_dtype(inputs)}{where}: {_one_line(exc)}{origin}"
+        return f"the model cannot run on the sample: input {shape} {_dtype(inputs)}{where}: {user_error(exc)}"
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -470,12 +470,9 @@ def _family_input_size(pretrained: Any) -> int:
 
 def _reference_input(images: Any, pretrained: Any) -> Any:
     """Synthetic images prepared the way the pretrained family expects (NCHW float32)."""
-    try:
-        from auditor.dynamic.reference import reference_spec
+    from auditor.dynamic.reference import reference_spec
 
-        spec = reference_spec(pretrained) if pretrained else None
-    except ImportError:  # pragma: no cover - during development
-        spec = None
+    spec = reference_spec(pretrained) if pretrained else None
     if spec is not None:
         prepared = spec.apply(images)
     else:
@@ -515,26 +512,3 @@ def _shape(value: Any) -> str:
 def _dtype(value: Any) -> str:
     dtype = getattr(value, "dtype", None)
     return str(dtype).replace("torch.", "") if dtype is not None else ""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _user_frame(exc: BaseException) -> str:
-    """' (at file:line)' for the innermost frame outside torch and auditor, if any."""
-    import os
-
-    tb = exc.__traceback__
-    found = None
-    torch_dir = os.path.dirname(torch.__file__)
-    auditor_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith((torch_dir, auditor_dir)) and not filename.startswith("<"):
-            found = (filename, tb.tb_lineno)
-        tb = tb.tb_next
-    if found is None:
-        return ""
-    return f" (at {os.path.relpath(found[0]) if not found[0].startswith('..') else found[0]}:{found[1]})"

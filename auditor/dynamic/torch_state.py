@@ -119,9 +119,6 @@ class TorchState:
                 out.append(_describe_change(name, kind, module, tensor, saved))
         return out
 
-    def modes_changed(self) -> list[str]:
-        return [name for (name, module), (_, training, *_r) in zip(self.model.named_modules(remove_duplicate=False), self.modules) if module.training != training]
-
     def training_modules(self) -> list[str]:
         """Modules that were in train mode when the snapshot was taken."""
         names = [name for name, _ in self.model.named_modules(remove_duplicate=False)]
