@@ -210,19 +210,22 @@ def _per_file_ignored(finding, config) -> bool:
 @click.option("--pretrained", default=None, help="Family the weights came from, e.g. torchvision.models.resnet50, timm/inception_v3, keras.applications.resnet50.")
 @click.option("--sample", type=click.Path(dir_okay=False), default=None, help="Raw input batch (.npy, or .npz with x/y arrays); default: a deterministic synthetic batch.")
 @click.option("--framework", type=click.Choice(("auto", "torch", "keras")), default=None, help="Framework of the target (default auto).")
-@click.option("--trust", is_flag=True, default=False, help="Allow loading that can run code: full pickles, TorchScript, torch.export archives.")
+@click.option("--trust", is_flag=True, default=False, help="Allow loading that can run code: full pickles, TorchScript, torch.export archives, Keras files with Lambda layers or other code.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop (exit 2) after SECONDS; the model is restored.")
 @_guard
 def audit(target, fmt, output, select, ignore, fail_on, config_path, quiet, debug, num_classes, pretrained, sample, framework, trust, timeout):
     """Dynamic checks: load a model or pipeline and measure it.
 
-    TARGET is path/to/file.py:NAME or package.module:NAME (a Pipeline, a model, or a
-    zero-argument function returning one), or a model file (.pt/.pth state dict; TorchScript
-    and .pt2 with --trust). Everything the probes touch is restored afterwards.
+    TARGET is path/to/file.py:NAME or package.module:NAME (a Pipeline, a torch.nn.Module or
+    keras.Model, or a zero-argument function returning one), or a model file (.pt/.pth state
+    dict; TorchScript and .pt2 with --trust; .keras and .h5, with --trust when they hold
+    code such as a Lambda layer). Everything the probes touch is restored afterwards.
     """
     from auditor.dynamic.audit import make_context, run_probes
     from auditor.dynamic.loading import resolve
 
+    # TensorFlow's C++ log chatter would bury the report on stderr; the user's setting wins
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config, selection, fail, fmt = _settings(config_path, select, ignore, fail_on, fmt)
     quiet = quiet or bool(config.get("quiet", False))
     output = output or config.get("output")
@@ -233,7 +236,10 @@ def audit(target, fmt, output, select, ignore, fail_on, config_path, quiet, debu
     if framework not in ("auto", "torch", "keras"):
         raise UsageFailure(f"framework must be auto, torch or keras, got {framework!r}")
     timeout = timeout if timeout is not None else config.get("timeout")
-    loaded = resolve(target, trust=trust, framework=framework)
+    from auditor.dynamic.keras_files import quiet_native_stderr
+
+    with quiet_native_stderr():  # TensorFlow's C++ start-up lines, when the target imports it
+        loaded = resolve(target, trust=trust, framework=framework)
     overrides = {}
     if num_classes is not None:
         overrides["num_classes"] = num_classes

@@ -211,6 +211,11 @@ def rounded(values: Any, digits: int = 4) -> list[float]:
     return [round(float(v), digits) for v in np.asarray(values).reshape(-1)]
 
 
+def significant(values: Any, digits: int = 4) -> list[float]:
+    """Rounded to significant digits: values squeezed to 0.0004 keep their precision."""
+    return [float(f"{float(v):.{digits}g}") for v in np.asarray(values).reshape(-1)]
+
+
 # -- duck-typed torchvision Compose ------------------------------------------------------------
 def find_normalize(preprocess: Any, depth: int = 0) -> list[Any]:
     """`Normalize`-like objects (class name Normalize, .mean and .std) inside a Compose-like
@@ -328,3 +333,223 @@ def affine_map(preprocess: Any, raw: Any) -> ChannelMap | None:
         gain.append(best[2][0])
         offset.append(best[2][1])
     return ChannelMap(np.array(source), np.array(gain), np.array(offset))
+
+
+# -- what the model expects: the reference, per framework -------------------------------------
+#: a model's own preprocessing layers expect 0-255 pixels when they map [0, 255] onto a span
+#: of this size per channel: Rescaling(1/255) 1, Rescaling(1/127.5, -1) 2, ConvNeXt's
+#: Normalization or Rescaling(1/255) + ImageNet Normalization 4.4, EfficientNet with ImageNet
+#: weights about 9; a Normalization adapted on [0, 1] data spans about 1100
+RAW_SPAN = (0.3, 30.0)
+
+
+class InModel(NamedTuple):
+    """The Rescaling/Normalization layers a Keras model applies to its own input before its
+    first layer with weights, as one per-channel affine map of the model input."""
+
+    layers: list  # [(qualified name, "Rescaling(scale=1/255, offset=0)"), ...]
+    gain: np.ndarray  # per channel: first layer's input = gain * model input + offset
+    offset: np.ndarray
+    first_layer: str | None  # the first layer with weights after them (call order)
+
+    @property
+    def span(self) -> np.ndarray:
+        """What the layers make of the 0-255 range, per channel."""
+        return np.abs(self.gain) * 255.0
+
+    @property
+    def expects_raw(self) -> bool:
+        """The layers normalise 0-255 pixels: the model expects raw pixels as its input."""
+        return bool(np.all(self.span >= RAW_SPAN[0]) and np.all(self.span <= RAW_SPAN[1]))
+
+    def apply(self, stats: Any) -> ChannelStats:
+        """Per-channel statistics of the first layer's input, given those of the model input
+        (a ChannelStats or an expected_stats dict)."""
+        get = (lambda k: stats[k]) if isinstance(stats, dict) else (lambda k: getattr(stats, k))
+        mean = self.gain * get("mean") + self.offset
+        std = np.abs(self.gain) * get("std")
+        lo = self.gain * get("min") + self.offset
+        hi = self.gain * get("max") + self.offset
+        return ChannelStats(mean, std, np.minimum(lo, hi), np.maximum(lo, hi), "in-model")
+
+    def text(self) -> str:
+        return " and ".join(desc for _name, desc in self.layers)
+
+
+class Reference(NamedTuple):
+    """What the model expects from preprocess."""
+
+    spec: PreprocessSpec
+    model: str  # for messages: "resnet50", or the Keras model's name
+    family: str | None  # the keras.applications module `pretrained` names ("resnet50")
+    in_model: InModel | None  # Keras: the model's own preprocessing layers
+    source: str  # "pretrained" or "model" (the model's own preprocessing layers say it)
+
+
+def reference_for(ctx: Any) -> Reference | None:
+    """The reference preprocessing for this pipeline (memoised), or None when nothing says
+    what the model expects: the `pretrained` family (or explicit spec); for a Keras model
+    without one, its own preprocessing layers when they normalise 0-255 pixels (the model
+    then expects raw pixels, whatever its weights). A Keras family with built-in
+    preprocessing whose model was built without it (include_preprocessing=False) expects
+    what `keras_expected_mode` says instead."""
+    return ctx.memo("preprocessing.reference", lambda: _reference_for(ctx))
+
+
+def _reference_for(ctx: Any) -> Reference | None:
+    from auditor.dynamic.reference import family_label, keras_family, reference_spec
+
+    in_model = in_model_preprocessing(ctx)
+    if ctx.pretrained is None:
+        if in_model is None or not in_model.expects_raw:
+            return None
+        name = getattr(ctx.model, "name", None) or "the model"
+        spec = mode_spec("builtin", f"{name}'s own preprocessing layers")
+        return Reference(spec, name, None, in_model, "model")
+    try:
+        spec = reference_spec(ctx.pretrained)
+    except (ValueError, TypeError):
+        return None
+    if spec is None or spec.mean.size != 3:
+        return None
+    family = keras_family(ctx.pretrained)
+    if family is not None and knowledge.KERAS_FAMILIES[family][0] == "builtin" and getattr(ctx, "framework", None) == "keras" and in_model is None:
+        # built without its preprocessing layers (include_preprocessing=False)
+        model_name = str(getattr(ctx.model, "name", "") or "")
+        ctor = _constructor_from_name(family, model_name)
+        mode = knowledge.keras_expected_mode(family, ctor, False)
+        if mode != "builtin":
+            spec = mode_spec(mode, f"keras.applications.{family} without its preprocessing layers")
+    return Reference(spec, family_label(ctx.pretrained, spec), family, in_model, "pretrained")
+
+
+def _constructor_from_name(family: str, model_name: str) -> str | None:
+    """EfficientNetV2 B0-B3 vs S/M/L from the model's name ("efficientnetv2-b0")."""
+    if family == "efficientnet_v2" and "-" in model_name:
+        tail = model_name.rsplit("-", 1)[1].upper()
+        return f"EfficientNetV2{tail}"
+    return None
+
+
+def in_model_preprocessing(ctx: Any) -> InModel | None:
+    """Keras: the model's own Rescaling/Normalization layers before its first layer with
+    weights (`keras_context.builtin_preprocessing`), measured as one per-channel affine map
+    by calling them on constant images; None for PyTorch, for a model without them, or when
+    they are not per-channel affine on 3-channel channels-last input."""
+    if getattr(ctx, "framework", None) != "keras":
+        return None
+    return ctx.memo("preprocessing.in_model", lambda: _in_model(ctx))
+
+
+def _in_model(ctx: Any) -> InModel | None:
+    from auditor.dynamic.keras_context import builtin_preprocessing
+    from auditor.dynamic.keras_state import to_numpy as keras_numpy
+
+    layers = builtin_preprocessing(ctx.model)
+    if not layers:
+        return None
+    colours = PROBE_COLOURS.astype(np.float32).reshape(len(PROBE_COLOURS), 1, 1, 3)
+    try:
+        x: Any = colours
+        for _name, layer in layers:
+            x = layer(x)
+        out = np.asarray(keras_numpy(x), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - layers that do not take such images: no claim
+        return None
+    if out.shape != colours.shape or not np.isfinite(out).all():
+        return None
+    out = out.reshape(len(PROBE_COLOURS), 3)
+    gain, offset = np.zeros(3), np.zeros(3)
+    span = max(float(np.ptp(out)), 1e-12)
+    for c in range(3):
+        design = np.stack([PROBE_COLOURS[:, c], np.ones(len(PROBE_COLOURS))], axis=1)
+        coef, *_ = np.linalg.lstsq(design, out[:, c], rcond=None)
+        if np.abs(design @ coef - out[:, c]).max() > AFFINE_RTOL * span + 1e-6:
+            return None  # mixes channels or is not affine
+        gain[c], offset[c] = coef
+    names = {name for name, _layer in layers}
+    first = None
+    try:
+        record = ctx.eval_pass()
+        first = next((leaf for leaf in record.leaves if leaf not in names), None)
+    except Exception:  # noqa: BLE001 - the engine reports a sample that does not fit
+        first = None
+    return InModel([(name, describe_layer(layer, keras_numpy)) for name, layer in layers], gain, offset, first)
+
+
+def describe_layer(layer: Any, to_np: Any = None) -> str:
+    """"Rescaling(scale=1/255, offset=0)", "Normalization(mean=[...], variance=[...])"."""
+    kind = type(layer).__name__
+    to_np = to_np or to_numpy
+    if kind == "Rescaling":
+        return f"Rescaling(scale={_scale_text(getattr(layer, 'scale', None))}, offset={_value_text(getattr(layer, 'offset', None))})"
+    if kind == "Normalization":
+        try:
+            mean = np.asarray(to_np(layer.mean), dtype=np.float64).reshape(-1)
+            var = np.asarray(to_np(layer.variance), dtype=np.float64).reshape(-1)
+        except Exception:  # noqa: BLE001 - not built / not adapted
+            return "Normalization"
+        invert = ", invert=True" if getattr(layer, "invert", False) else ""
+        return f"Normalization(mean={_fmt4(mean)}, variance={_fmt4(var)}{invert})"
+    return kind
+
+
+def _scale_text(value: Any) -> str:
+    if isinstance(value, (int, float)) and value:
+        inverse = 1.0 / float(value)
+        if abs(inverse - round(inverse)) < 1e-3 * abs(inverse) and abs(inverse) > 1:
+            return f"1/{round(inverse)}"
+        if abs(2 * inverse - round(2 * inverse)) < 1e-3 * abs(inverse) and abs(inverse) > 1:
+            return f"1/{inverse:g}"
+    return _value_text(value)
+
+
+def _fmt4(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{float(value):.4g}"
+    try:
+        return _fmt4(np.asarray(value, dtype=np.float64).reshape(-1))
+    except Exception:  # noqa: BLE001
+        return str(value)
+
+
+# -- stored BatchNorm statistics, per framework -------------------------------------------------
+class StoredStatistics(NamedTuple):
+    mean: np.ndarray  # float64 (C,): running_mean / moving_mean
+    var: np.ndarray  # running_var / moving_variance
+    eps: float
+    initial: bool  # exactly as a new layer holds them (mean 0, variance 1, nothing tracked)
+
+
+def stored_statistics(ctx: Any, name: str) -> StoredStatistics | None:
+    """The running (PyTorch) or moving (Keras) statistics of BatchNorm layer `name` as numpy;
+    None when the layer keeps none."""
+    layer = ctx.module(name)
+    if getattr(ctx, "framework", None) == "keras":
+        from auditor.dynamic.keras_state import to_numpy as keras_numpy
+
+        mean, var = getattr(layer, "moving_mean", None), getattr(layer, "moving_variance", None)
+        if mean is None or var is None:
+            return None
+        m = np.asarray(keras_numpy(mean), dtype=np.float64).reshape(-1)
+        v = np.asarray(keras_numpy(var), dtype=np.float64).reshape(-1)
+        initial = bool(m.size) and bool(np.all(m == 0)) and bool(np.all(v == 1))
+        return StoredStatistics(m, v, float(getattr(layer, "epsilon", 1e-3)), initial)
+    mean, var = getattr(layer, "running_mean", None), getattr(layer, "running_var", None)
+    if not hasattr(mean, "detach") or not hasattr(var, "detach"):
+        return None
+    m, v = to_numpy(mean).reshape(-1), to_numpy(var).reshape(-1)
+    tracked = getattr(layer, "num_batches_tracked", None)
+    untouched = not (hasattr(tracked, "detach") and tracked.numel() and int(tracked.reshape(-1)[0]) != 0)
+    initial = bool(m.size) and untouched and bool(np.all(m == 0)) and bool(np.all(v == 1))
+    return StoredStatistics(m, v, float(getattr(layer, "eps", 1e-5)), initial)
+
+
+def lower_median(values: np.ndarray) -> float:
+    """The lower of the two middle values for an even count (torch.median's convention)."""
+    flat = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    return float(flat[(flat.size - 1) // 2])

@@ -77,6 +77,14 @@ class KerasFrozenBaseTrainingMode(StaticRule):
     built into another model. Inside `call()`, `training=training` is reported even when
     the parameter defaults to False, since fit() passes True.
 
+    `base(inputs, training=False)` in a functional or Sequential model protects the frozen
+    base, but in Keras 3 (measured on 3.15) it does not survive unfreezing: the outer
+    model's call passes fit()'s `training=True` to every nested model of its graph and
+    overrides the `training=False` recorded there (keras-team/keras#20285). When you unfreeze
+    the base for fine-tuning, set `trainable = False` again on its BatchNormalization layers,
+    or call the base with an explicit `training=False` from a subclassed model's `call()`.
+    The dynamic probe BNS103 (`auditor audit`) measures which layers would move.
+
     ## References
     - FRAMEWORK_FACTS §3.1 (K-bn, K-guide): `trainable=False` puts BatchNormalization in
       inference mode; without `training=False` it trains again once unfrozen.

@@ -34,34 +34,57 @@ class FineTuningUpdateTooLarge(DynamicRule):
     ## What it does
     Takes one real step of the pipeline's optimizer on the sample and flags a pretrained layer whose weights moved by more than 1% of their norm in that single step.
 
-    The probe trains as the user does: `model.train()`, a forward pass with gradients, the
-    pipeline's loss (`Pipeline(loss=...)`, else `CrossEntropyLoss` on class logits) against the
-    pipeline's `labels` (else the model's own eval-mode predictions), `backward()` and
-    `optimizer.step()`. For every module with parameters the optimizer updates it measures the
-    relative update ||w_after - w_before|| / ||w_before|| over the module's own parameters. The
-    head (the last layer that runs, usually the new classifier) is reported alongside but never
-    judged: a new head is supposed to move fast. The target is the pretrained layer that moved
-    most; the evidence lists the worst layers, the head's ratio, how similar the head's input
-    features stay after the step (cosine, eval mode, BatchNorm statistics held fixed so that
-    only the weight update counts) and the learning rate that would bring the worst layer's
-    param group under the warning bar (its lr x 1e-2 / ratio, one significant digit, rounded
-    down; the update scales linearly with the learning rate for SGD and Adam alike).
+    The probe trains as the user does. PyTorch: `model.train()`, a forward pass with
+    gradients, the pipeline's loss (`Pipeline(loss=...)`, else `CrossEntropyLoss` on class
+    logits) against the pipeline's `labels` (else the model's own eval-mode predictions),
+    `backward()` and `optimizer.step()`. Keras: the pipeline's optimizer, else the one
+    `model.compile()` stored (`optimizer_source`); `model(x, training=True)` as `fit()` calls
+    it, run eagerly under `tf.GradientTape` (TensorFlow backend) or torch autograd on the
+    variables' torch parameters (torch backend), the pipeline's or compiled loss (a loss
+    object, function or name; else `SparseCategoricalCrossentropy`, `from_logits` unless the
+    output is a softmax), then `optimizer.apply(grads, model.trainable_variables)`. Never
+    `fit()`, `train_on_batch()` or `compile()`: they trace a `tf.function` (about 40 forward
+    passes) and leave a compiled train function on the model. A Keras optimizer that is not
+    built yet (a new one, or the one `compile()` stored before any `fit()`) is never built by
+    the audit: the step runs on a clone (`type(opt).from_config(opt.get_config())`, its
+    `iterations` set to the user's, so a `LearningRateSchedule` gives the current rate; with
+    gradient accumulation the clone applies every step); a built one (resumed training: its
+    moments shape the next step) steps itself and is restored. Labels are given to the loss
+    in the encoding it reads (class ids one-hot encoded for `categorical_crossentropy` and
+    the other way round; HED101 reports such a mismatch).
 
-    SGD with momentum starts its momentum buffer at the first gradient, so a fresh optimizer's
-    first step is lr x g while every later step with consistent gradients is up to
-    lr x g x (1 - dampening) / (1 - momentum): for that case the ratio is scaled by that factor
-    (10x at momentum 0.9, shown as `momentum_factor`) so SGD 0.01 with momentum 0.9 and plain
-    SGD 0.1 are judged alike, as FRAMEWORK_FACTS 5.2 does. Adam's first step moves every
-    element by about lr (m/sqrt(v) = sign(g) after bias correction), its largest step per unit
-    of lr: the measurement is taken as is.
+    For every module / layer with weights the optimizer updates it measures the relative
+    update ||w_after - w_before|| / ||w_before|| over its own weights (PyTorch parameters,
+    Keras trainable variables; BatchNormalization's gamma and beta count, its moving
+    statistics do not). The head (the last layer that runs, usually the new classifier) is
+    reported alongside but never judged: a new head is supposed to move fast. The target is
+    the pretrained layer that moved most (Keras: qualified name, `base/conv2` for a layer of
+    a nested model); the evidence lists the worst layers, the head's ratio, how similar the
+    head's input features stay after the step (cosine, inference mode, BatchNorm statistics
+    held fixed so that only the weight update counts) and the learning rate that would bring
+    the worst layer's param group (Keras: the optimizer) under the warning bar (its lr x 1e-2
+    / ratio, one significant digit, rounded down; the update scales linearly with the
+    learning rate for SGD and Adam alike).
+
+    SGD with momentum starts its momentum buffer at the first gradient (PyTorch `buf = g`,
+    Keras `m = -lr g`), so a fresh optimizer's first step is lr x g while every later step
+    with consistent gradients is up to lr x g x (1 - dampening) / (1 - momentum): for that
+    case the ratio is scaled by that factor (10x at momentum 0.9, shown as `momentum_factor`;
+    with Nesterov the first step is (1 + momentum) lr g and the factor 1 / ((1 - momentum)
+    (1 + momentum))) so SGD 0.01 with momentum 0.9 and plain SGD 0.1 are judged alike, as
+    FRAMEWORK_FACTS 5.2 does. A resumed optimizer whose momentum buffers are already filled
+    is measured as is. Adam's first step moves every element by about lr (m/sqrt(v) =
+    sign(g) after bias correction), its largest step per unit of lr: the measurement is
+    taken as is.
 
     Without an optimizer the probe does nothing; it also stays silent when only the head is
     trained, when the model looks freshly initialised (every BatchNorm at its initial
     statistics and no `pretrained` family given: training from scratch wants large updates),
     or when no loss can be formed (no labels and no class logits); the last two add a note.
     Everything is restored afterwards: weights, gradients, BatchNorm statistics, the optimizer
-    state the step created (Adam's `exp_avg`, `exp_avg_sq`, step counts, momentum buffers),
-    the `_opt_called` flag an LR scheduler's wrapped `optimizer.step` sets, modes and RNGs.
+    state the step created (Adam's `exp_avg`, `exp_avg_sq`, step counts, momentum buffers;
+    Keras optimizer variables including `iterations`), the `_opt_called` flag an LR
+    scheduler's wrapped `optimizer.step` sets, modes, trainable flags and RNGs.
 
     ## Thresholds
     On the worst pretrained layer, momentum-adjusted as above; "at or above" counts:
@@ -85,10 +108,15 @@ class FineTuningUpdateTooLarge(DynamicRule):
     | --- | --- | --- | --- | --- |
     | small CNN, worst layer | 2.1e-4 | 2.1e-3 | 2.1e-2 (warning) | 0.21 (error) |
     | ResNet-50, worst layer (layer4.0.conv2) | 4.8e-4 | 4.8e-3 | 4.8e-2 (warning) | 0.48 (error) |
+    | Keras functional CNN (`fixtures/dynamic/LRT101/*keras*`), conv2 | 1.5e-4 | 1.5e-3 | 1.5e-2 (warning) | 0.15 (error) |
+    | `keras.applications.MobileNet(alpha=0.25)` at 32x32, 128-channel depthwise layers | | | 2.4e-2 (warning) | |
 
     On the small CNN, SGD momentum 0.9 at 1e-3 (the PyTorch tutorial [PT-tut]) measures
     6.5e-4 after the momentum adjustment, at 0.1 (the from-scratch ImageNet rate) 6.5e-2;
-    plain SGD 0.5 measures 3.2e-2. SGD's steps scale with the gradient, which depends on the
+    plain SGD 0.5 measures 3.2e-2. The Keras functional CNN (worst layer conv1 for SGD):
+    plain SGD 0.1 1.5e-2 (TensorFlow) / 1.7e-2 (torch backend), SGD momentum 0.9 at 1e-3
+    1.5e-3 and at 0.1 0.15 after the 10x adjustment (Nesterov: measured 2.8e-2 = 1.9x the
+    plain first step, adjusted to the same 0.15). SGD's steps scale with the gradient, which depends on the
     weights and the data: on a randomly initialised (not pretrained) ResNet-50 the stem's
     gradients are far larger than on real pretrained weights, so judge SGD verdicts on real
     weights and a real sample (the rule is data-dependent: on a synthetic sample it reports at
@@ -100,7 +128,13 @@ class FineTuningUpdateTooLarge(DynamicRule):
     that has not started yet makes the step smaller than the steady state, clipping too).
     Optimizer step hooks run (an EMA hook updates its own copy, which is not restored). LBFGS
     and other optimizers whose `step()` needs a closure are not measured. Mixed precision
-    (`GradScaler`) is not reproduced.
+    (`GradScaler`) is not reproduced. Keras: a `LossScaleOptimizer` / `loss_scale_factor` is honoured
+    (the loss is scaled, `apply()` unscales); callbacks (a `LearningRateScheduler` callback
+    that sets the rate at the start of an epoch) do not run, so the rate read is the one the
+    optimizer holds now. A Keras optimizer's `apply()` runs eagerly, one variable at a time:
+    on the TensorFlow backend it costs a few milliseconds per variable (about 1 s for
+    ResNet-50's 214, plus about 1 s to build a clone's slots), in addition to one forward and
+    one backward pass.
 
     ## Why is this bad?
     Pretrained features are what fine-tuning is supposed to keep. A step that moves a
@@ -118,6 +152,9 @@ class FineTuningUpdateTooLarge(DynamicRule):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     audit(Pipeline(model, preprocess=transform, sample=images, labels=labels, optimizer=optimizer,
                    pretrained="torchvision.models.resnet50"))
+
+    base.trainable = True  # Keras: unfrozen for fine-tuning, optimizer left at the default
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
     ```
 
     ## Use instead
@@ -126,6 +163,9 @@ class FineTuningUpdateTooLarge(DynamicRule):
         {"params": [p for n, p in model.named_parameters() if not n.startswith("fc.")], "lr": 1e-5},
         {"params": model.fc.parameters(), "lr": 1e-3},
     ])
+
+    base.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
     ```
 
     ## References
@@ -136,6 +176,9 @@ class FineTuningUpdateTooLarge(DynamicRule):
       1e-3, momentum 0.9); [BERT] Appendix A.3 (Adam 2e-5..5e-5); LRT001's thresholds.
     - `torch/optim/sgd.py` (first step: `momentum_buffer = clone(grad)`), `torch/optim/adam.py`
       (bias-corrected first step of size lr).
+    - `keras/src/optimizers/sgd.py` (`m = momentum * m - lr * g`, Nesterov variant),
+      `keras/src/optimizers/base_optimizer.py` (`apply`, `learning_rate` from a schedule at
+      `iterations`); the Keras guide "Writing a training loop from scratch" (GradientTape).
     """
 
     code = "LRT101"
@@ -143,14 +186,14 @@ class FineTuningUpdateTooLarge(DynamicRule):
     category = "learning-rate"
     severity = Severity.WARNING
     data_dependent = True
+    frameworks = ("torch", "keras")
     message = (
         "one {optimizer} step moves pretrained layer {layer} by {ratio} of its weight norm "
-        "(lr {lr}, param group {group}{adjusted}); {level} threshold {threshold}{others}{cosine}"
+        "(lr {lr}{where}{adjusted}); {level} threshold {threshold}{others}{cosine}"
     )
     fix = (
-        "Lower param group {group}'s learning rate to at most {suggest} (measured: that brings "
-        "{layer} under {warn}), or train the new head alone first and then fine-tune with a "
-        "separate, small learning rate for the pretrained layers."
+        "Lower {lr_owner} to at most {suggest} (measured: that brings "
+        "{layer} under {warn}{example}), or {alternative}"
     )
 
     def probe(self, ctx: Any) -> Iterator:
@@ -158,7 +201,7 @@ class FineTuningUpdateTooLarge(DynamicRule):
             return
         from . import _step_probe as step
 
-        if not ctx.pretrained and step.looks_untrained(ctx.model):
+        if not ctx.pretrained and step.looks_untrained(ctx):
             ctx.notes.append("LRT101 skipped: the model looks freshly initialised (BatchNorm statistics at their initial values, no pretrained family); large updates are expected when training from scratch")
             return
         try:
@@ -179,6 +222,7 @@ class FineTuningUpdateTooLarge(DynamicRule):
         suggest = _round_down(worst.lr * WARN_RATIO / worst.ratio)
         factor = result.momentum_factor.get(worst.group, 1.0)
         over = [u for u in result.layers if u.ratio >= WARN_RATIO * (1 - 1e-9)]
+        keras = result.framework == "keras"
         evidence = {
             "optimizer": result.optimizer,
             "lr": worst.lr,
@@ -195,6 +239,23 @@ class FineTuningUpdateTooLarge(DynamicRule):
             "suggested_lr": suggest,
             "loss": f"{result.loss_name} {result.loss:.3g} on {result.targets}",
         }
+        if keras:
+            del evidence["param_group"]  # Keras optimizers have one learning rate
+            evidence["optimizer_source"] = getattr(ctx, "optimizer_source", None) or "pipeline"
+            if result.note:
+                evidence["stepped_with"] = result.note
+            where = ", from model.compile()" if evidence["optimizer_source"] == "model.compile()" else ""
+            lr_owner = "the optimizer's learning_rate"
+            example = f"; e.g. keras.optimizers.{result.optimizer}(learning_rate={suggest:g})"
+            alternative = ("train the new head alone first "
+                           "(base.trainable = False), then unfreeze and recompile with a small learning rate, as the Keras "
+                           "transfer-learning guide does (Adam 1e-5).")
+        else:
+            where = f", param group {worst.group}"
+            lr_owner = f"param group {worst.group}'s learning rate"
+            example = ""
+            alternative = ("train the new head alone first and then fine-tune with a separate, small learning rate for the "
+                           "pretrained layers.")
         others = f"; {len(over) - 1} more layers over it" if len(over) > 1 else ""
         cosine = f"; head input features keep cosine {result.cosine:.3f} after one step" if result.cosine is not None else ""
         yield self.finding(
@@ -206,7 +267,7 @@ class FineTuningUpdateTooLarge(DynamicRule):
             layer=worst.name,
             ratio=_fmt(worst.ratio),
             lr=f"{worst.lr:g}",
-            group=worst.group,
+            where=where,
             adjusted=f", first step x{factor:g} for momentum" if factor != 1.0 else "",
             level=level,
             threshold=f"{threshold:g}",
@@ -214,4 +275,7 @@ class FineTuningUpdateTooLarge(DynamicRule):
             cosine=cosine,
             suggest=f"{suggest:g}",
             warn=f"{WARN_RATIO:g}",
+            lr_owner=lr_owner,
+            alternative=alternative,
+            example=example,
         )

@@ -46,7 +46,10 @@ def _bits(t):
 
 def capture(pipeline: Any) -> dict:
     """Everything the audit must give back, cloned: tensors by object identity and name,
-    modes, requires_grad, grads, optimizer state and groups, RNG states."""
+    modes, requires_grad, grads, optimizer state and groups, RNG states. Keras pipelines:
+    see capture_keras."""
+    if pipeline.framework == "keras":
+        return capture_keras(pipeline)
     import numpy as np
     import torch
 
@@ -73,6 +76,8 @@ def capture(pipeline: Any) -> dict:
 
 
 def assert_restored(pipeline: Any, before: dict) -> None:
+    if before.get("framework") == "keras":
+        return assert_keras_restored(pipeline, before)
     import numpy as np
     import torch
 
@@ -105,3 +110,76 @@ def assert_restored(pipeline: Any, before: dict) -> None:
     assert nb[0] == na[0] and np.array_equal(nb[1], na[1]) and nb[2:] == na[2:], "numpy RNG changed"
     assert before["python_rng"] == after["python_rng"], "python RNG changed"
     assert before["grad_enabled"] == after["grad_enabled"]
+
+
+# -- Keras ------------------------------------------------------------------------------------
+def _keras_layers(model: Any) -> list:
+    out, stack, seen = [], [model], set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        out.append(layer)
+        stack.extend(layer._flatten_layers(include_self=False, recursive=False))
+    return out
+
+
+def capture_keras(pipeline: Any) -> dict:
+    """Every variable (values, identity, own trainable flag; seed states included), every
+    layer's trainable flag, the optimizer's variables (iterations, slots, learning rate) and
+    whether it is built, the model's traced functions, and the RNG states."""
+    import keras
+    import numpy as np
+
+    model = pipeline.model
+    optimizers = [o for o in (pipeline.optimizer, getattr(model, "optimizer", None)) if o is not None]
+    variables = {id(v): (v, np.array(keras.ops.convert_to_numpy(v), copy=True), bool(v.trainable)) for v in model.variables}
+    opt = {}
+    for o in optimizers:
+        opt[id(o)] = (bool(o.built), [(v.path, np.array(keras.ops.convert_to_numpy(v), copy=True)) for v in o.variables])
+    functions = {a: getattr(model, a, None) for a in ("train_function", "test_function", "predict_function")}
+    state = {
+        "framework": "keras",
+        "variables": variables,
+        "trainable": [(layer.name, layer, bool(layer.trainable)) for layer in _keras_layers(model)],
+        "optimizers": opt,
+        "optimizer_objects": optimizers,
+        "functions": functions,
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
+    }
+    if keras.config.backend() == "torch":
+        import torch
+
+        state["torch_rng"] = torch.get_rng_state().clone()
+    return state
+
+
+def assert_keras_restored(pipeline: Any, before: dict) -> None:
+    import numpy as np
+
+    after = capture_keras(pipeline)
+    assert before["variables"].keys() == after["variables"].keys(), "variables were added or removed"
+    for key, (variable, saved, trainable) in before["variables"].items():
+        now_var, now, now_trainable = after["variables"][key]
+        assert now_var is variable
+        assert now.shape == saved.shape and now.dtype == saved.dtype, variable.path
+        assert np.array_equal(np.atleast_1d(now).view(np.uint8), np.atleast_1d(saved).view(np.uint8)), f"{variable.path} changed"
+        assert now_trainable == trainable, f"{variable.path}.trainable changed"
+    assert [(n, id(l), t) for n, l, t in before["trainable"]] == [(n, id(l), t) for n, l, t in after["trainable"]], "trainable flags changed"
+    for key, (built, values) in before["optimizers"].items():
+        now_built, now_values = after["optimizers"][key]
+        assert now_built == built, "the optimizer was built by the audit"
+        assert [p for p, _ in values] == [p for p, _ in now_values], "optimizer variables added or removed"
+        for (path, saved), (_, now) in zip(values, now_values):
+            assert np.array_equal(np.atleast_1d(now).view(np.uint8), np.atleast_1d(saved).view(np.uint8)), f"optimizer {path} changed"
+    for attr, value in before["functions"].items():
+        assert after["functions"][attr] is value, f"model.{attr} was left behind"
+    nb, na = before["numpy_rng"], after["numpy_rng"]
+    assert nb[0] == na[0] and np.array_equal(nb[1], na[1]) and nb[2:] == na[2:], "numpy RNG changed"
+    assert before["python_rng"] == after["python_rng"], "python RNG changed"
+    if "torch_rng" in before:
+        import torch
+
+        assert torch.equal(before["torch_rng"], after["torch_rng"]), "torch RNG changed"

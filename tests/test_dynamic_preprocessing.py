@@ -93,13 +93,14 @@ def test_family_label():
     assert family_label({"mode": "caffe"}, spec) == "the caffe-mode spec"
 
 
-def test_torch_context_reference_input_uses_the_spec():
-    torch = pytest.importorskip("torch")  # noqa: F841
-    from auditor.dynamic.torch_context import _reference_input
+def test_reference_images_use_the_spec():
+    from auditor.dynamic.context_base import reference_images
 
     raw = _raw()
-    out = _reference_input(raw, "keras.applications.inception_v3")
-    assert out.shape == (6, 3, 24, 24) and out.min() >= -1 and out.max() <= 1
+    out = reference_images(raw, "keras.applications.inception_v3")
+    assert out.shape == (6, 24, 24, 3) and out.dtype == np.float32 and out.min() >= -1 and out.max() <= 1
+    default = reference_images(raw, None)  # unknown family: ImageNet normalisation
+    assert abs(float(default.mean())) < 3 and not np.allclose(default, out)
 
 
 # -- the explanation library -------------------------------------------------------------------

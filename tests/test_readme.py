@@ -60,3 +60,23 @@ def test_main_job_audits_the_bundled_pipeline_with_real_findings(tmp_path):
     assert {("PRE101", "preprocess"), ("BNS103", "bn1"), ("HED101", "fc"), ("LRT101", "conv2")} <= found, found
     assert not [f for f in report["findings"] if f["category"] == "usage"]
     assert report["environment"]["torch"] and report["environment"]["keras"] is None and report["environment"]["tensorflow"] is None
+
+
+def test_keras_example_audits_with_real_findings(tmp_path):
+    """The Keras example the README's Dynamic audit section names finds its four bugs."""
+    import pytest
+
+    pytest.importorskip("keras")
+    out = tmp_path / "k.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor", "audit", "examples/keras_pipeline.py:build", "--format", "json", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(out.read_text())
+    found = {(f["rule"], f["target"]) for f in report["findings"]}
+    assert {("PRE101", "preprocess"), ("BNS103", "base/bn1"), ("HED102", "predictions"), ("LOD102", "scale")} <= found, found
+    assert not proc.stderr.strip(), proc.stderr  # TensorFlow's start-up lines are kept off stderr

@@ -1,7 +1,7 @@
 """`audit(pipeline) -> Report`: run every selected dynamic probe and restore everything.
 
-The loop is framework-neutral: a context (one per framework, `torch_context.TorchContext`
-today) owns the snapshot, the shared passes and the restore; probes are the dynamic rules
+The loop is framework-neutral: a context (one per framework: `torch_context.TorchContext`,
+`keras_context.KerasContext`) owns the snapshot, the shared passes and the restore; probes are the dynamic rules
 under `rules/`. Each probe runs in its own try/finally, so a probe that raises becomes a
 USE003 finding and the model is still restored bit for bit before the next probe runs, and
 once more at the very end, also on a timeout or Ctrl-C.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any, Callable, Iterable
 
 from auditor.errors import UsageFailure
@@ -58,8 +59,10 @@ def make_context(pipeline: Any, source: str | None = None) -> Any:
 
         return TorchContext(pipeline, source=source)
     if framework == "keras":
-        raise UsageFailure("Keras models cannot be audited dynamically yet (PyTorch only in this release); `auditor check` reads Keras scripts")
-    raise UsageFailure(f"cannot audit a {type(pipeline.model).__module__}.{type(pipeline.model).__name__}: expected a torch.nn.Module")
+        from auditor.dynamic.keras_context import KerasContext
+
+        return KerasContext(pipeline, source=source)
+    raise UsageFailure(f"cannot audit a {type(pipeline.model).__module__}.{type(pipeline.model).__name__}: expected a torch.nn.Module or a keras.Model")
 
 
 def run_probes(context: Any, rules: list, *, timeout: float | None = None, progress: Callable[[str], None] | None = None, debug: bool = False) -> Report:
@@ -67,6 +70,7 @@ def run_probes(context: Any, rules: list, *, timeout: float | None = None, progr
     findings: list[Finding] = []
     skipped = []
     deadline = _Deadline(timeout)
+    probe_warnings: list[str] = []
     current = "setup"
     try:
         with deadline:
@@ -82,7 +86,10 @@ def run_probes(context: Any, rules: list, *, timeout: float | None = None, progr
                     progress(f"[{index}/{len(rules)}] {current}")
                 started = time.perf_counter()
                 try:
-                    findings.extend(rule_class().probe(context) or ())
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        findings.extend(rule_class().probe(context) or ())
+                    _note_warnings(probe_warnings, rule_class.code, caught)
                 except (UsageFailure, KeyboardInterrupt):
                     raise
                 except Exception as exc:  # noqa: BLE001 - one probe's bug must not hide the others
@@ -96,10 +103,27 @@ def run_probes(context: Any, rules: list, *, timeout: float | None = None, progr
     finally:
         context.restore()
     notes = list(getattr(context, "notes", []))
+    notes.extend(probe_warnings[:MAX_WARNING_NOTES])
     if skipped and not context.has_forward:
         notes.append("these probes need a model with a forward pass and did not run: " + ", ".join(skipped))
     findings.sort(key=lambda f: (-f.severity.rank, f.rule, f.target or ""))
     return Report(findings=findings, files_checked=1, notes=notes, audited=getattr(context, "source", None) or "<pipeline>")
+
+
+#: framework warnings raised while probing go to the report's notes, not to stderr (they
+#: come from the probes' own calls, e.g. a loss warned about the softmax HED102 reports)
+MAX_WARNING_NOTES = 5
+
+
+def _note_warnings(notes: list[str], code: str, caught: list) -> None:
+    """User and runtime warnings, once each; deprecation chatter is dropped."""
+    for item in caught:
+        if not issubclass(item.category, (UserWarning, RuntimeWarning)):
+            continue
+        text = str(item.message).strip().splitlines()[0] if str(item.message).strip() else item.category.__name__
+        if any(note.endswith(f"{item.category.__name__}: {text}") for note in notes):
+            continue
+        notes.append(f"warning while probing ({code}): {item.category.__name__}: {text}")
 
 
 def _probe_failure(rule_class: Any, exc: BaseException, context: Any, debug: bool) -> Finding:

@@ -59,8 +59,11 @@ def _model_file(target: str, *, trust: bool, framework: str) -> Loaded:
     suffix = path.suffix.lower()
     if suffix in KERAS_SUFFIXES or (path.is_dir() and suffix not in TORCH_SUFFIXES):
         if framework == "torch":
-            raise UsageFailure(f"{target}: a Keras file, but --framework torch was given")
-        raise UsageFailure(f"{target}: Keras model files cannot be audited dynamically yet (PyTorch .pt/.pth/.pt2 only in this release)")
+            what = f"a Keras model file ({suffix})" if suffix in KERAS_SUFFIXES else "a directory (a Keras model or TensorFlow SavedModel?)"
+            raise UsageFailure(f"{target}: {what}, but --framework torch was given (PyTorch model files are .pt/.pth/.pt2)")
+        from auditor.dynamic.keras_files import load_keras_file
+
+        return load_keras_file(target, trust=trust)
     if framework == "keras":
         raise UsageFailure(f"{target}: a PyTorch file, but --framework keras was given")
     from auditor.dynamic.torch_files import load_torch_file

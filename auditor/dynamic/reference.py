@@ -19,7 +19,10 @@ preprocessing probe (PRE101) predicts per-channel statistics for each of them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import functools
+import re
+import types
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -244,11 +247,7 @@ def reference_spec(pretrained: Any) -> PreprocessSpec | None:
     prefix_l = prefix.lower()
     rest = rest.strip()
     if prefix_l.startswith(("keras", "tf.keras", "tensorflow.keras", "tf_keras")):
-        module = rest.split(".")[-1] if "applications" in text.lower() else rest
-        # keras.applications.resnet50.ResNet50 -> the module before a constructor name
-        parts = text.split(".")
-        if "applications" in parts and parts.index("applications") + 1 < len(parts):
-            module = parts[parts.index("applications") + 1]
+        module = _keras_module_text(text, rest)
         return _keras_spec(module, f"keras.applications.{module}")
     if prefix_l.startswith(("timm", "hf-hub", "hf_hub")):
         return _timm_spec(rest, f"timm {rest}")
@@ -259,6 +258,15 @@ def reference_spec(pretrained: Any) -> PreprocessSpec | None:
     if "." not in text and "/" not in text:
         return _torchvision_spec(text, f"torchvision {text}") or _timm_spec(text, f"timm {text}")
     return None
+
+
+def _keras_module_text(text: str, rest: str) -> str:
+    """"keras.applications.resnet50.ResNet50" -> "resnet50" (the module before a constructor)."""
+    module = rest.split(".")[-1] if "applications" in text.lower() else rest
+    parts = text.split(".")
+    if "applications" in parts and parts.index("applications") + 1 < len(parts):
+        module = parts[parts.index("applications") + 1]
+    return module
 
 
 def _dict_spec(spec: Mapping[str, Any]) -> PreprocessSpec:
@@ -286,3 +294,154 @@ def family_label(pretrained: Any, spec: PreprocessSpec | None = None) -> str:
                 return text.split(sep, 1)[1]
         return text.split(".")[-1]
     return spec.name if spec is not None else "the pretrained weights"
+
+
+# -- Keras applications: which family `pretrained` names, which `preprocess_input` a function is --
+#: what each `preprocess_input` mode does to 0-255 RGB pixels (FRAMEWORK_FACTS 1.1); "builtin"
+#: is the pass-through of the families that normalise inside the model
+MODE_DOES = {
+    "caffe": "mode 'caffe': RGB to BGR, ImageNet mean subtracted, no scaling (0-255)",
+    "tf": "mode 'tf': x / 127.5 - 1, range [-1, 1]",
+    "torch": "mode 'torch': x / 255, then ImageNet mean/std",
+    "builtin": "a pass-through: returns the pixels unchanged",
+}
+
+#: a keras.applications module path: keras.src.applications.resnet (Keras 3),
+#: keras.applications.resnet (Keras 2), tf_keras.src.applications.resnet, tensorflow.python.keras...
+_KERAS_APPLICATION_MODULE = re.compile(r"^(?:keras|tf_keras|tensorflow\.keras|tensorflow\.python\.keras)(?:\.src)?\.applications\.([A-Za-z0-9_]+)$")
+
+
+def keras_family(pretrained: Any) -> str | None:
+    """The keras.applications module a `pretrained` family names ("keras.applications.resnet50"
+    -> "resnet50", "keras.applications.ResNet50" -> "resnet"), None for other families."""
+    if not isinstance(pretrained, str):
+        return None
+    text = pretrained.strip()
+    for sep in ("/", ":"):
+        if sep in text:
+            prefix, _, rest = text.partition(sep)
+            break
+    else:
+        prefix, _, rest = text.rpartition(".")
+    if not prefix.lower().startswith(("keras", "tf.keras", "tensorflow.keras", "tf_keras")):
+        return None
+    module = _keras_module_text(text, rest.strip()).lower()
+    if module in knowledge.KERAS_FAMILIES:
+        return module
+    return {k.lower(): v for k, v in knowledge.KERAS_CONSTRUCTORS.items()}.get(module)
+
+
+class KerasPreprocessInput(NamedTuple):
+    """A `keras.applications.<family>.preprocess_input` found in (or as) a preprocess."""
+
+    module: str  # the function's __module__: "keras.src.applications.mobilenet_v2"
+    family: str  # "mobilenet_v2", or "imagenet_utils"
+    mode: str  # caffe | tf | torch | builtin (pass-through)
+    via: str  # "" (it is the function), "functools.partial", "called" (preprocess calls it)
+
+    @property
+    def label(self) -> str:
+        text = f"keras.applications.{self.family}.preprocess_input"
+        if self.family == "imagenet_utils":
+            text += f"(mode={self.mode!r})"
+        return text
+
+    @property
+    def does(self) -> str:
+        return MODE_DOES[self.mode]
+
+    def spec(self) -> "PreprocessSpec":
+        return mode_spec(self.mode, self.label)
+
+
+def keras_preprocess_input(function: Any, depth: int = 2) -> KerasPreprocessInput | None:
+    """Which keras.applications `preprocess_input` `function` is: the function itself (by its
+    `__module__`), a `functools.partial` of it (`imagenet_utils.preprocess_input` takes its
+    `mode=` from the partial, default "caffe"), or, for a plain def or lambda, the one its
+    code calls (names and attribute chains resolved through its globals and closure, nested
+    helper functions followed `depth` levels). None when there is none, or more than one."""
+    found = _as_preprocess_input(function)
+    if found is not None:
+        return found
+    if depth <= 0 or not isinstance(function, types.FunctionType):
+        return None
+    calls: dict[tuple[str, str], KerasPreprocessInput] = {}
+    for obj in _referenced_objects(function):
+        item = _as_preprocess_input(obj)
+        if item is None and isinstance(obj, types.FunctionType) and obj is not function:
+            item = keras_preprocess_input(obj, depth - 1)
+        if item is not None:
+            calls.setdefault((item.family, item.mode), item)
+    if len(calls) != 1:
+        return None
+    item = next(iter(calls.values()))
+    return item._replace(via="called")
+
+
+def _as_preprocess_input(function: Any) -> KerasPreprocessInput | None:
+    via, keywords, args = "", {}, ()
+    if isinstance(function, functools.partial):
+        via, keywords, args = "functools.partial", dict(function.keywords or {}), tuple(function.args or ())
+        function = function.func
+        if isinstance(function, functools.partial):  # a partial of a partial
+            inner = _as_preprocess_input(function)
+            if inner is None:
+                return None
+            if inner.family == "imagenet_utils" and "mode" in keywords:
+                inner = inner._replace(mode=str(keywords["mode"]).lower())
+            return inner._replace(via="functools.partial")
+    if getattr(function, "__name__", None) != "preprocess_input":
+        return None
+    module = getattr(function, "__module__", None) or ""
+    match = _KERAS_APPLICATION_MODULE.match(module)
+    if match is None:
+        return None
+    family = match.group(1)
+    if family == "imagenet_utils":
+        mode = keywords.get("mode", args[2] if len(args) >= 3 else "caffe")
+        mode = str(mode).lower()
+        if mode not in ("caffe", "tf", "torch"):
+            return None
+    elif family in knowledge.KERAS_FAMILIES:
+        mode = knowledge.KERAS_FAMILIES[family][0]
+    else:
+        return None
+    return KerasPreprocessInput(module, family, mode, via)
+
+
+def _referenced_objects(function: types.FunctionType) -> list[Any]:
+    """Objects the function's code loads by name or by an attribute chain on a module
+    (`keras.applications.mobilenet_v2.preprocess_input`, `mobilenet_v2.preprocess_input`,
+    a global partial). Attributes are read from modules only: no property of a user's
+    object is ever evaluated."""
+    import dis
+
+    code = function.__code__
+    closure = {}
+    for name, cell in zip(code.co_freevars, function.__closure__ or ()):
+        try:
+            closure[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    found: list[Any] = []
+    current: Any = None
+    try:
+        instructions = list(dis.get_instructions(code))
+    except Exception:  # noqa: BLE001 - unreadable bytecode: nothing found
+        return found
+    for ins in instructions:
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            current = function.__globals__.get(ins.argval, _MISSING)
+        elif ins.opname == "LOAD_DEREF":
+            current = closure.get(ins.argval, _MISSING)
+        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and isinstance(current, types.ModuleType):
+            current = getattr(current, ins.argval, _MISSING)
+        else:
+            current = _MISSING
+            continue
+        if current is not _MISSING and not isinstance(current, types.ModuleType):
+            found.append(current)
+    return found
+
+
+_MISSING = object()

@@ -21,41 +21,15 @@ from typing import Any, Callable
 
 import torch
 
-from auditor.analysis.records import record
+from auditor.dynamic.context_base import MemoisedContext, dtype_text, family_input_size, reference_images, shape_text
 from auditor.dynamic.loading import user_error
-from auditor.dynamic.torch_state import TensorChange, TorchState
+from auditor.dynamic.records import BatchNormObservation, ForwardRecord, TensorChange  # noqa: F401 - re-exported
+from auditor.dynamic.torch_state import TorchState
 from auditor.errors import UsageFailure
 
 
 class SampleError(UsageFailure):
     """The sample or its preprocessing does not fit the model (exit 2, one line)."""
-
-
-@record
-class BatchNormObservation:
-    """What one BatchNorm layer saw during a pass: per-channel statistics of its input."""
-
-    name: str
-    mean: Any  # float64 tensor (C,); None in the train pass (statistics are taken in eval only)
-    var: Any  # float64 tensor (C,), population variance; None in the train pass
-    count: int  # values per channel
-    training: bool  # module.training when it was called
-    tracks: bool  # track_running_stats (False: batch statistics in every mode)
-
-
-@record
-class ForwardRecord:
-    """One pass: the output and what the hooks saw."""
-
-    kind: str
-    output: Any  # the primary output tensor (detached), see primary_output
-    raw_output: Any
-    batchnorm: dict  # name -> BatchNormObservation, in call order
-    leaves: list  # names of modules with their own parameters, in call order
-    head: Any  # name of the last module with parameters that ran (None if unknown)
-    features: Any  # the head's input, flattened to (N, -1), detached (None if unknown)
-    changes: list  # TensorChange for every parameter/buffer the pass modified
-    modes: dict  # module name -> training flag during the pass (modules that were called)
 
 
 def is_batchnorm(module: torch.nn.Module) -> bool:
@@ -132,7 +106,7 @@ def expected_input(module: torch.nn.Module) -> str:
     return f"what {kind} accepts"
 
 
-class TorchContext:
+class TorchContext(MemoisedContext):
     """The PyTorch side of one audit. Probes read; only passes (and the learning-rate probe's
     step) run the model, and each restores the snapshot afterwards."""
 
@@ -173,7 +147,7 @@ class TorchContext:
         module = layer[1] if layer else None
         kind = layer_kind(module) if module is not None else ""
         if pipeline.preprocess is not None:
-            size = _family_input_size(self.pretrained)
+            size = family_input_size(self.pretrained)
             raw = samples.synthetic_images(size=size)
             self.notes.append(f"no sample given: a deterministic synthetic batch of {raw.shape[0]} uint8 images {raw.shape[1]}x{raw.shape[2]} (N, H, W, C) was fed to preprocess; verdicts that depend on real data have lower confidence (pass --sample)")
             return raw, True, False
@@ -193,9 +167,11 @@ class TorchContext:
             what = f"standard-normal volumes {raw.shape}"
         else:
             channels = getattr(module, "in_channels", 3)
-            size = _family_input_size(self.pretrained)
+            size = family_input_size(self.pretrained)
             images = samples.synthetic_images(size=size, channels=channels)
-            raw = _reference_input(images, self.pretrained)
+            import numpy as np
+
+            raw = np.ascontiguousarray(np.transpose(reference_images(images, self.pretrained), (0, 3, 1, 2)))
             what = f"images {raw.shape} (N, C, H, W) prepared with {'the reference preprocessing of ' + str(self.pretrained) if self.pretrained else 'ImageNet normalisation'}"
         self.notes.append(f"no sample given: a deterministic synthetic batch of {what} was fed to the model; verdicts that depend on real data have lower confidence (pass --sample)")
         return raw, True, True
@@ -224,14 +200,8 @@ class TorchContext:
                 items = [preprocess(item) for item in raw]
                 out = torch.stack([self._to_model(item, move=False) for item in items])
             except Exception:  # noqa: BLE001
-                raise SampleError(f"preprocess failed on the sample of shape {_shape(raw)} {_dtype(raw)}: {user_error(batch_error)}") from batch_error
+                raise SampleError(f"preprocess failed on the sample of shape {shape_text(raw)} {dtype_text(raw)}: {user_error(batch_error)}") from batch_error
         return self._to_model(out)
-
-    def inputs(self) -> Any:
-        """The model input (memoised): the preprocessed sample."""
-        if "inputs" not in self._memo:
-            self._memo["inputs"] = self.preprocessed()
-        return self._memo["inputs"]
 
     def _to_model(self, value: Any, move: bool = True) -> Any:
         if isinstance(value, dict):
@@ -323,18 +293,6 @@ class TorchContext:
     def train_pass(self) -> ForwardRecord:
         return self._memoised("train", lambda: self.run("train", mode="train"))
 
-    def _memoised(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
-    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """Share any other measurement between probes (computed once per audit)."""
-        return self._memoised("user:" + key, compute)
-
-    def restore(self) -> None:
-        self.state.restore()
-
     # -- model structure -------------------------------------------------------------------
     @property
     def tensors(self) -> dict[str, Any]:
@@ -355,10 +313,10 @@ class TorchContext:
         return {id(p) for group in self.optimizer.param_groups for p in group["params"]}
 
     def _does_not_fit(self, inputs: Any, exc: BaseException) -> str:
-        shape = _shape(inputs)
+        shape = shape_text(inputs)
         layer = first_layer(self.model)
         where = f"; the first layer {layer[0] or '<root>'} ({layer_kind(layer[1])}) expects {expected_input(layer[1])}" if layer else ""
-        return f"the model cannot run on the sample: input {shape} {_dtype(inputs)}{where}: {user_error(exc)}"
+        return f"the model cannot run on the sample: input {shape} {dtype_text(inputs)}{where}: {user_error(exc)}"
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -461,31 +419,6 @@ def _device_and_dtype(model: torch.nn.Module) -> tuple[Any, Any]:
     return device, dtype
 
 
-def _family_input_size(pretrained: Any) -> int:
-    text = str(pretrained or "").lower()
-    if any(k in text for k in ("inception", "xception")):
-        return 299
-    return 224
-
-
-def _reference_input(images: Any, pretrained: Any) -> Any:
-    """Synthetic images prepared the way the pretrained family expects (NCHW float32)."""
-    from auditor.dynamic.reference import reference_spec
-
-    spec = reference_spec(pretrained) if pretrained else None
-    if spec is not None:
-        prepared = spec.apply(images)
-    else:
-        from auditor.knowledge import IMAGENET_MEAN, IMAGENET_STD
-        import numpy as np
-
-        channels = images.shape[-1]
-        mean = np.array((IMAGENET_MEAN * 2)[:channels])
-        std = np.array((IMAGENET_STD * 2)[:channels])
-        prepared = (images / 255.0 - mean) / std
-    import numpy as np
-
-    return np.ascontiguousarray(np.transpose(prepared, (0, 3, 1, 2))).astype(np.float32)
 
 
 def _as_numpy(value: Any) -> Any:
@@ -499,16 +432,3 @@ def _as_numpy(value: Any) -> Any:
 def _is_numeric_sequence(value: Any) -> bool:
     return all(isinstance(v, (int, float)) for v in value)
 
-
-def _shape(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return str(tuple(shape))
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_shape(v)}" for k, v in value.items()) + "}"
-    return type(value).__name__
-
-
-def _dtype(value: Any) -> str:
-    dtype = getattr(value, "dtype", None)
-    return str(dtype).replace("torch.", "") if dtype is not None else ""

@@ -15,19 +15,7 @@ from typing import Any
 
 import torch
 
-from auditor.analysis.records import record
-
-
-@record
-class TensorChange:
-    """One tensor that differs bit for bit from the snapshot."""
-
-    name: str
-    kind: str  # "parameter" or "buffer"
-    max_abs: float  # largest absolute change (nan when a value became or stopped being NaN)
-    changed: int  # elements that differ
-    numel: int
-    module: str  # owning module's qualified name ("" = the root)
+from auditor.dynamic.records import TensorChange
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""What every framework's audit context shares: memoised measurements, the synthetic-input
+size of a family, the reference preparation of synthetic images, and the shape/dtype words
+of one-line errors. numpy only, so the Keras context never imports torch through it."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class MemoisedContext:
+    """Each measurement runs at most once per audit: five probes that each ran their own
+    passes would cost a dozen forward passes or more; the budget is about eight."""
+
+    _memo: dict
+
+    def inputs(self) -> Any:
+        """The model input (memoised): the preprocessed sample."""
+        if "inputs" not in self._memo:
+            self._memo["inputs"] = self.preprocessed()  # type: ignore[attr-defined]
+        return self._memo["inputs"]
+
+    def _memoised(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Share any other measurement between probes (computed once per audit)."""
+        return self._memoised("user:" + key, compute)
+
+    def restore(self) -> None:
+        self.state.restore()  # type: ignore[attr-defined]
+
+
+def family_input_size(pretrained: Any) -> int:
+    """The input size a family's weights were trained at (Inception and Xception: 299)."""
+    text = str(pretrained or "").lower()
+    if any(k in text for k in ("inception", "xception")):
+        return 299
+    return 224
+
+
+def reference_images(images: Any, pretrained: Any) -> Any:
+    """Synthetic uint8 images (N, H, W, C) prepared the way the pretrained family expects
+    (ImageNet normalisation when the family is unknown), as float32 NHWC."""
+    import numpy as np
+
+    from auditor.dynamic.reference import reference_spec
+    from auditor.knowledge import IMAGENET_MEAN, IMAGENET_STD
+
+    spec = reference_spec(pretrained) if pretrained else None
+    if spec is not None:
+        return np.ascontiguousarray(spec.apply(images)).astype(np.float32)
+    channels = images.shape[-1]
+    mean = np.array((IMAGENET_MEAN * 2)[:channels])
+    std = np.array((IMAGENET_STD * 2)[:channels])
+    return ((images / 255.0 - mean) / std).astype(np.float32)
+
+
+def shape_text(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return str(tuple(shape))
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {shape_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shape_text(v) for v in value) + "]"
+    return type(value).__name__
+
+
+def dtype_text(value: Any) -> str:
+    dtype = getattr(value, "dtype", None)
+    return str(dtype).replace("torch.", "") if dtype is not None else ""
