@@ -33,13 +33,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from auditor.dynamic.file_sniff import HDF5_MAGIC, NUMPY_MAGIC, TRUST_HINT, ZIP_MAGIC, is_pickle, looks_like_text, read_head
 from auditor.dynamic.loading import Loaded
 from auditor.errors import UsageFailure
 
-SNIFF_BYTES = 512
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-NUMPY_MAGIC = b"\x93NUMPY"
 MAX_CONFIG_BYTES = 64 * 2**20  # a real config.json is kilobytes to a few megabytes
 #: Keras versions (from FRAMEWORK_FACTS §6.2)
 H5_SAFE_MODE = (3, 12, 0)  # safe_mode reaches the legacy H5 loader (PR #21602)
@@ -49,7 +46,6 @@ SAFE_MODE_CVES = "CVE-2025-1550, fixed in 3.9.0; CVE-2026-1462, fixed in 3.13.2"
 KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 #: class_name values of Keras's serialisation format that are data, not classes
 SERIALISED_DATA = {"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__", "__typespec__"}
-TRUST_HINT = "pass --trust to load it anyway, only if you trust where the file came from"
 SAVEDMODEL_HINT = (
     "auditor audit reads Keras 3 model files (.keras, a directory with config.json, legacy .h5); "
     "to audit a SavedModel, wrap it as keras.layers.TFSMLayer(path, call_endpoint='serving_default') "
@@ -114,17 +110,10 @@ def sniff(path: Path) -> tuple[str, str]:
     """(kind, why) from the first bytes and the zip directory; deserialises nothing.
 
     kind: keras (a .keras zip) | keras-dir | h5 | unknown."""
-    if not path.exists():
-        raise UsageFailure(f"{path}: no such file")
-    suffix = path.suffix.lower()
     if path.is_dir():
         return _sniff_dir(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(SNIFF_BYTES)
-    except OSError as exc:
-        raise UsageFailure(f"{path}: cannot read ({exc.strerror or exc})") from None
+    suffix = path.suffix.lower()
+    size, head = read_head(path)
     if size == 0:
         return "unknown", "the file is empty"
     if head.startswith(ZIP_MAGIC):
@@ -135,9 +124,9 @@ def sniff(path: Path) -> tuple[str, str]:
         return "h5", ""
     if head.startswith(NUMPY_MAGIC):
         return "unknown", "a NumPy .npy array, not a Keras model file (pass arrays with --sample)"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    if is_pickle(head):
         return "unknown", "a Python pickle (a legacy PyTorch checkpoint?), not a Keras model file"
-    if _looks_like_text(head):
+    if looks_like_text(head):
         return "unknown", f"a text file, not a Keras model file ({'model.save() writes a zip archive' if suffix == '.keras' else 'a legacy .h5 model is an HDF5 file'})"
     return "unknown", f"not a Keras model file (unrecognised content; first bytes {head[:8].hex()})"
 
@@ -178,16 +167,6 @@ def _has_weights(path: Path) -> bool:
             return bool({"model.weights.h5", "model.weights.npz"} & set(archive.namelist()))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return False
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 # -- the configuration, read as data -------------------------------------------------------

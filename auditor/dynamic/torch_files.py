@@ -23,15 +23,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from auditor.dynamic.file_sniff import HDF5_MAGIC, NUMPY_MAGIC, TRUST_HINT, ZIP_MAGIC, is_pickle, looks_like_text, read_head
 from auditor.dynamic.loading import Loaded
 from auditor.errors import UsageFailure
 
-SNIFF_BYTES = 512
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive
 LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # pickle of torch's legacy magic number
-NUMPY_MAGIC = b"\x93NUMPY"
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-TRUST_HINT = "pass --trust to load it anyway, only if you trust where the file came from"
 
 
 def load_torch_file(path: str, *, trust: bool) -> Loaded:
@@ -63,16 +59,9 @@ def sniff(path: Path) -> tuple[str, str]:
     """(kind, why) from the first bytes and the zip directory; never unpickles.
 
     kind: checkpoint | torchscript | export | legacy | pickle | unknown."""
-    if not path.exists():
-        raise UsageFailure(f"{path}: no such file")
     if path.is_dir():
         return "unknown", "a directory, not a PyTorch model file"
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(SNIFF_BYTES)
-    except OSError as exc:
-        raise UsageFailure(f"{path}: cannot read ({exc.strerror or exc})") from None
+    size, head = read_head(path)
     if size == 0:
         return "unknown", "the file is empty"
     if head.startswith(ZIP_MAGIC):
@@ -85,9 +74,9 @@ def sniff(path: Path) -> tuple[str, str]:
         return "unknown", "an HDF5 file (a Keras .h5 model?), not a PyTorch model file"
     if _looks_like_safetensors(head, size):
         return "unknown", "a safetensors file: rename it to .safetensors (auditor audit reads .pt/.pth state dicts; load it into the model and audit file.py:NAME)"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    if is_pickle(head):
         return "pickle", ""
-    if _looks_like_text(head):
+    if looks_like_text(head):
         return "unknown", "a text file, not a PyTorch model file (torch.save writes a zip archive)"
     return "unknown", f"not a PyTorch model file (unrecognised content; first bytes {head[:8].hex()})"
 
@@ -116,16 +105,6 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
         return False
     header_len = int.from_bytes(head[:8], "little")
     return 2 <= header_len < size and head[8:9] == b"{"
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 # -- loaders ------------------------------------------------------------------------------
