@@ -57,6 +57,16 @@ def reference_images(images: Any, pretrained: Any) -> Any:
     return ((images / 255.0 - mean) / std).astype(np.float32)
 
 
+def synthetic_note(what: str, fed_to: str = "the model") -> str:
+    """The report note that says the sample was made up, and what that costs."""
+    return f"no sample given: a deterministic synthetic batch of {what} was fed to {fed_to}; verdicts that depend on real data have lower confidence (pass --sample)"
+
+
+def prepared_with(pretrained: Any) -> str:
+    """How `reference_images` prepared the synthetic images, in words for that note."""
+    return f"the reference preprocessing of {pretrained}" if pretrained else "ImageNet normalisation"
+
+
 def shape_text(value: Any) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from auditor.dynamic.keras_state import KerasState, all_layers, to_numpy
-from auditor.dynamic.context_base import MemoisedContext, dtype_text, family_input_size, reference_images, shape_text
+from auditor.dynamic.context_base import MemoisedContext, dtype_text, family_input_size, prepared_with, reference_images, shape_text, synthetic_note
 from auditor.dynamic.loading import user_error
 from auditor.dynamic.records import BatchNormObservation, ForwardRecord
 from auditor.errors import UsageFailure
@@ -147,14 +147,11 @@ class KerasContext(MemoisedContext):
         self.model = model
         self.source = source
         self.notes: list[str] = []
-        compiled_optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
-        self.optimizer = pipeline.optimizer if pipeline.optimizer is not None else compiled_optimizer
+        # what the Pipeline gives, else what model.compile() set; *_source says which
+        self.optimizer, self.optimizer_source = _given_or_compiled(pipeline.optimizer, model, "optimizer")
         if self.optimizer is not None and not isinstance(self.optimizer, keras.optimizers.Optimizer):
             raise UsageFailure(f"the optimizer is a {type(self.optimizer).__name__}, not a keras optimizer")
-        compiled_loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
-        self.loss = pipeline.loss if pipeline.loss is not None else compiled_loss
-        self.loss_source = "pipeline" if pipeline.loss is not None else "model.compile()" if compiled_loss is not None else None
-        self.optimizer_source = "pipeline" if pipeline.optimizer is not None else "model.compile()" if compiled_optimizer is not None else None
+        self.loss, self.loss_source = _given_or_compiled(pipeline.loss, model, "loss")
         self.pretrained = pipeline.pretrained
         self.preprocess = pipeline.preprocess
         if not model.built:
@@ -181,19 +178,18 @@ class KerasContext(MemoisedContext):
         if pipeline.preprocess is not None or (shape is None and self.pretrained is not None):
             raw = samples.synthetic_images(size=size, channels=channels)
             if pipeline.preprocess is not None:
-                self.notes.append(f"no sample given: a deterministic synthetic batch of {raw.shape[0]} uint8 images {raw.shape[1]}x{raw.shape[2]} (N, H, W, C) was fed to preprocess; verdicts that depend on real data have lower confidence (pass --sample)")
+                self.notes.append(synthetic_note(f"{raw.shape[0]} uint8 images {raw.shape[1]}x{raw.shape[2]} (N, H, W, C)", "preprocess"))
                 return raw, True, False
         if shape is None:
             raise UsageFailure("cannot tell the model's input shape (a subclassed model that was never called): pass a sample (--sample FILE.npy or Pipeline(sample=...))")
         if image:
-            images = samples.synthetic_images(size=size if not shape[1] else int(shape[1]), channels=channels).astype(np.float64)
-            if shape[1] and shape[2] and shape[1] != shape[2]:
-                images = samples.synthetic_images(size=max(shape[1], shape[2]), channels=channels)[:, : shape[1], : shape[2]].astype(np.float64)
+            height, width = int(shape[1] or size), int(shape[2] or size)  # a non-square input: crop a square batch
+            images = samples.synthetic_images(size=max(height, width), channels=channels)[:, :height, :width].astype(np.float64)
             if builtin_preprocessing(self.model):
                 raw, what = images.astype(np.float32), f"float images {images.shape} (N, H, W, C) in [0, 255] (the model rescales its own input)"
             else:
                 raw = reference_images(images, self.pretrained)
-                what = f"images {raw.shape} (N, H, W, C) prepared with {'the reference preprocessing of ' + str(self.pretrained) if self.pretrained else 'ImageNet normalisation'}"
+                what = f"images {raw.shape} (N, H, W, C) prepared with {prepared_with(self.pretrained)}"
         else:
             dims = tuple(d if d else 32 for d in shape[1:])
             dtype = input_dtype(self.model) or "float32"
@@ -203,7 +199,7 @@ class KerasContext(MemoisedContext):
             else:
                 raw = samples.synthetic_tensor_like((samples.SYNTHETIC_BATCH,) + dims)
                 what = f"standard-normal features {raw.shape}"
-        self.notes.append(f"no sample given: a deterministic synthetic batch of {what} was fed to the model; verdicts that depend on real data have lower confidence (pass --sample)")
+        self.notes.append(synthetic_note(what))
         return raw, True, True
 
     def raw_copy(self) -> Any:
@@ -360,6 +356,14 @@ class KerasContext(MemoisedContext):
         return f"the model cannot run on the sample: input {shape_text(inputs)} {dtype_text(inputs)}{where}: {user_error(exc)}"
 
 
+def _given_or_compiled(given: Any, model: Any, attribute: str) -> tuple[Any, str | None]:
+    """(value, where it came from): the Pipeline's, else the compiled model's, else None."""
+    if given is not None:
+        return given, "pipeline"
+    compiled = getattr(model, attribute, None) if getattr(model, "compiled", False) else None
+    return compiled, "model.compile()" if compiled is not None else None
+
+
 class _Recorder:
     """Wraps `call` of the layers a pass must observe; `detach()` removes every wrapper."""
 
@@ -420,7 +424,7 @@ class _Recorder:
 
     def _mode(self, name: str, layer: Any) -> Callable:
         def observe(x: Any, training: Any) -> None:
-            self.modes.setdefault(name, bool(training) and bool(layer.trainable or not is_batchnorm(layer)))
+            self.modes.setdefault(name, bool(training))  # BatchNormalization, whose flag also needs trainable, is recorded by _batchnorm
 
         return observe
 

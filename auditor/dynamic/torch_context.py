@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from auditor.dynamic.context_base import MemoisedContext, dtype_text, family_input_size, reference_images, shape_text
+from auditor.dynamic.context_base import MemoisedContext, dtype_text, family_input_size, prepared_with, reference_images, shape_text, synthetic_note
 from auditor.dynamic.loading import user_error
 from auditor.dynamic.records import BatchNormObservation, ForwardRecord, TensorChange  # noqa: F401 - re-exported
 from auditor.dynamic.torch_state import TorchState
@@ -149,7 +149,7 @@ class TorchContext(MemoisedContext):
         if pipeline.preprocess is not None:
             size = family_input_size(self.pretrained)
             raw = samples.synthetic_images(size=size)
-            self.notes.append(f"no sample given: a deterministic synthetic batch of {raw.shape[0]} uint8 images {raw.shape[1]}x{raw.shape[2]} (N, H, W, C) was fed to preprocess; verdicts that depend on real data have lower confidence (pass --sample)")
+            self.notes.append(synthetic_note(f"{raw.shape[0]} uint8 images {raw.shape[1]}x{raw.shape[2]} (N, H, W, C)", "preprocess"))
             return raw, True, False
         if kind == "Embedding":
             import numpy as np
@@ -172,8 +172,8 @@ class TorchContext(MemoisedContext):
             import numpy as np
 
             raw = np.ascontiguousarray(np.transpose(reference_images(images, self.pretrained), (0, 3, 1, 2)))
-            what = f"images {raw.shape} (N, C, H, W) prepared with {'the reference preprocessing of ' + str(self.pretrained) if self.pretrained else 'ImageNet normalisation'}"
-        self.notes.append(f"no sample given: a deterministic synthetic batch of {what} was fed to the model; verdicts that depend on real data have lower confidence (pass --sample)")
+            what = f"images {raw.shape} (N, C, H, W) prepared with {prepared_with(self.pretrained)}"
+        self.notes.append(synthetic_note(what))
         return raw, True, True
 
     def raw_copy(self) -> Any:
