@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from auditor.dynamic.context_base import output_array as to_array  # noqa: F401 - the probes' name for it
+
 ROOT = "<model>"
 #: words naming a module and its compute method per framework (in localisation texts)
 _WORDS = {"torch": ("module", "forward", "submodules"), "keras": ("layer", "call", "sublayers")}
@@ -50,23 +52,6 @@ def display(name: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- numpy values
-def to_array(value: Any) -> np.ndarray | None:
-    """A pass's primary output as a numpy array (None when it is not an array or tensor).
-    Keras records already hold numpy; a torch tensor is detached and copied to the host
-    (bfloat16 widened to float32, exactly)."""
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray):
-        return value
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        t = value.detach()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        return t.cpu().numpy()
-    return None
-
-
 def _bits(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     if array.dtype == np.bool_:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from auditor.dynamic.context_base import dtype_text, output_array
+
 ROOT = "<model>"
 
 #: relative tolerance per output dtype (see the module docstring)
@@ -127,18 +129,6 @@ class ServingResult:
         return self.comparisons.get(trip.format) if self.comparable else None
 
 
-def to_numpy(value: Any) -> Any:
-    """A pass's primary output as numpy (torch tensors detached and copied; bfloat16 widened)."""
-    from ._inference_probe import to_array
-
-    return to_array(value)
-
-
-def output_dtype(value: Any) -> str:
-    dtype = getattr(value, "dtype", None)
-    return str(dtype).replace("torch.", "") if dtype is not None else ""
-
-
 def serving(ctx: Any) -> ServingResult:
     """The round trips of this audit (memoised): shared by LOD101, LOD102 and LOD103."""
     return ctx.memo("serving-parity", lambda: _measure(ctx))
@@ -149,12 +139,12 @@ def _measure(ctx: Any) -> ServingResult:
 
     result = ServingResult()
     record = ctx.eval_pass()
-    result.reference = to_numpy(record.output)
-    dtype = output_dtype(record.output)
+    result.reference = output_array(record.output)
+    dtype = dtype_text(record.output)
     if result.reference is not None:
         # the model must agree with itself first: its second inference run (other random
         # seeds; memoised, and DET101 runs it anyway) within the same tolerance
-        again = to_numpy(ctx.inference_pass().output)
+        again = output_array(ctx.inference_pass().output)
         check = compare(result.reference, again, dtype)
         if check is not None and check.mismatch:
             result.comparable = False

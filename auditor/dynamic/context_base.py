@@ -67,6 +67,27 @@ def prepared_with(pretrained: Any) -> str:
     return f"the reference preprocessing of {pretrained}" if pretrained else "ImageNet normalisation"
 
 
+def output_array(value: Any) -> Any:
+    """A pass's primary output as a numpy array (None when it is not an array or tensor).
+    Keras records already hold numpy; a torch tensor is detached and copied to the host
+    (bfloat16 widened to float32, exactly). torch is read from sys.modules, never imported."""
+    import sys
+
+    import numpy as np
+
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return value
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return t.cpu().numpy()
+    return None
+
+
 def shape_text(value: Any) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None:

@@ -217,18 +217,13 @@ def _torch_call(model: Any, inputs: Any) -> Any:
 
 
 def _torch_output(raw: Any) -> tuple[Any, str]:
-    import torch
-
+    from auditor.dynamic.context_base import dtype_text, output_array
     from auditor.dynamic.torch_context import primary_output
 
     out = primary_output(raw)
     if out is None:
         return None, ""
-    out = out.detach()
-    dtype = str(out.dtype).replace("torch.", "")
-    if out.dtype == torch.bfloat16:
-        out = out.float()
-    return out.cpu().numpy().copy(), dtype
+    return output_array(out).copy(), dtype_text(out)
 
 
 def torchscript_round_trip(ctx: Any, folder: str) -> RoundTrip:
