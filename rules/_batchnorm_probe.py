@@ -460,16 +460,14 @@ def keras_pass(ctx: Any, key: str, *, training: bool, unfreeze: tuple | list = (
     context's own recorder does."""
 
     def compute() -> KerasPass:
-        from auditor.dynamic.keras_context import MODE_DEPENDENT, layer_kind
+        from auditor.dynamic.keras_context import MODE_DEPENDENT, LayerPatches, layer_kind
         from auditor.dynamic.keras_context import is_batchnorm as keras_is_batchnorm
 
-        patched: list[tuple[Any, bool, Any]] = []
+        patches = LayerPatches()
         after: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         forced, captured = set(force), set(capture)
 
         def wrap(name: str, layer: Any, value: bool | None) -> None:
-            had = "call" in layer.__dict__
-            previous = layer.__dict__.get("call")
             original = layer.call
             keep = name in captured
 
@@ -483,8 +481,7 @@ def keras_pass(ctx: Any, key: str, *, training: bool, unfreeze: tuple | list = (
                         after[name] = (stats.mean, stats.var)
                 return out
 
-            patched.append((layer, had, previous))
-            layer.__dict__["call"] = call
+            patches.patch(layer, call)
 
         restored = False
         try:
@@ -506,11 +503,7 @@ def keras_pass(ctx: Any, key: str, *, training: bool, unfreeze: tuple | list = (
             record = ForwardRecord(kind=key, output=None, raw_output=None, batchnorm={}, leaves=[], head=None, features=None, changes=ctx.state.changes(), modes={})
             return KerasPass(record, after)
         finally:
-            for layer, had, previous in reversed(patched):
-                if had:
-                    layer.__dict__["call"] = previous
-                else:
-                    layer.__dict__.pop("call", None)
+            patches.restore()
             if not restored:
                 ctx.restore()
 

@@ -461,7 +461,9 @@ class KerasTracer:
         self.ctx = ctx
         self.calls: list[Call] = []
         self.stack: list[tuple[str, Any]] = []
-        self.patched: list[tuple[Any, str, bool, Any]] = []
+        from auditor.dynamic.keras_context import LayerPatches
+
+        self.patches = LayerPatches()
         self.model_input: tuple | None = None
         self.weights: dict = {}
         self.global_generator = _keras_global_generator()
@@ -490,12 +492,7 @@ class KerasTracer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for layer, attr, had, previous in reversed(self.patched):
-            if had:
-                layer.__dict__[attr] = previous
-            else:
-                layer.__dict__.pop(attr, None)
-        self.patched.clear()
+        self.patches.restore()
         self.weights.clear()
         self._resolved.clear()
 
@@ -536,10 +533,6 @@ class KerasTracer:
                 seeds += tuple(state.numpy().tobytes() for state in torch.cuda.get_rng_state_all())
         return seeds
 
-    def _patch(self, layer: Any, attr: str, function: Any) -> None:
-        self.patched.append((layer, attr, attr in layer.__dict__, layer.__dict__.get(attr)))
-        layer.__dict__[attr] = function
-
     def _wrap_resolution(self, name: str, layer: Any) -> None:
         original = getattr(layer, "_resolve_and_populate_arg", None)
         if original is None:  # a Keras 3 release that resolves inline: provenance unknown
@@ -572,7 +565,7 @@ class KerasTracer:
                 pass
             return result
 
-        self._patch(layer, "_resolve_and_populate_arg", resolve)
+        self.patches.patch(layer, resolve, "_resolve_and_populate_arg")
 
     def _wrap(self, name: str, layer: Any) -> None:
         original = layer.call
@@ -618,7 +611,7 @@ class KerasTracer:
             tracer.calls.append(Call(name, kind, parent, inp, out, training, source, origin, ancestors, drew))
             return output
 
-        self._patch(layer, "call", call)
+        self.patches.patch(layer, call)
 
 
 def _keras_reseed_global(seed: int) -> None:

@@ -364,13 +364,43 @@ def _given_or_compiled(given: Any, model: Any, attribute: str) -> tuple[Any, str
     return compiled, "model.compile()" if compiled is not None else None
 
 
+class LayerPatches:
+    """Instance-attribute wrappers of layers' methods (`call`, by default) for one pass.
+
+    Keras has no forward hooks: an instance attribute shadows the class's method, and
+    `Layer.__call__` still does all its work around it. `restore()`, or leaving the `with`
+    block, removes every wrapper, newest first, and puts back an instance attribute the user
+    had set there. Every pass that observes layers goes through this one mechanism."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[Any, str, bool, Any]] = []
+
+    def patch(self, layer: Any, function: Callable, attr: str = "call") -> None:
+        self.saved.append((layer, attr, attr in layer.__dict__, layer.__dict__.get(attr)))
+        layer.__dict__[attr] = function
+
+    def restore(self) -> None:
+        for layer, attr, had, previous in reversed(self.saved):
+            if had:
+                layer.__dict__[attr] = previous
+            else:
+                layer.__dict__.pop(attr, None)
+        self.saved.clear()
+
+    def __enter__(self) -> "LayerPatches":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+
 class _Recorder:
     """Wraps `call` of the layers a pass must observe; `detach()` removes every wrapper."""
 
     def __init__(self, ctx: KerasContext, stats: bool = True):
         self.ctx = ctx
         self.stats = stats
-        self.patched: list[tuple[Any, bool, Any]] = []
+        self.patches = LayerPatches()
         self.batchnorm: dict[str, BatchNormObservation] = {}
         self.leaves: list[str] = []
         self.modes: dict[str, bool] = {}
@@ -388,12 +418,7 @@ class _Recorder:
                 self._wrap(layer, self._mode(name, layer))
 
     def detach(self) -> None:
-        for layer, had, previous in reversed(self.patched):
-            if had:
-                layer.__dict__["call"] = previous
-            else:
-                layer.__dict__.pop("call", None)
-        self.patched.clear()
+        self.patches.restore()
 
     def features(self) -> Any:
         x = self._head_input
@@ -408,8 +433,6 @@ class _Recorder:
         return array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
 
     def _wrap(self, layer: Any, observe: Callable[[Any, Any], None]) -> None:
-        had = "call" in layer.__dict__
-        previous = layer.__dict__.get("call")
         original = layer.call
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -419,8 +442,7 @@ class _Recorder:
                 pass
             return original(*args, **kwargs)
 
-        self.patched.append((layer, had, previous))
-        layer.__dict__["call"] = call
+        self.patches.patch(layer, call)
 
     def _mode(self, name: str, layer: Any) -> Callable:
         def observe(x: Any, training: Any) -> None:

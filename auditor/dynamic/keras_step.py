@@ -241,6 +241,7 @@ def _features_after(ctx: Any, head: Any, inputs: Any) -> Callable[[], Any]:
     """A function that runs one inference call of the stepped model and returns the head's
     input, flattened to (N, -1). Non-trainable variables (moving statistics, seed states) are
     put back first, so that the difference isolates the weight update."""
+    from auditor.dynamic.keras_context import LayerPatches
     from auditor.dynamic.keras_state import bitwise_equal, to_numpy
 
     def run() -> Any:
@@ -248,8 +249,6 @@ def _features_after(ctx: Any, head: Any, inputs: Any) -> Callable[[], Any]:
             if not variable.trainable and not bitwise_equal(to_numpy(variable), saved):
                 variable.assign(saved)
         captured: list[Any] = []
-        had = "call" in head.__dict__
-        previous = head.__dict__.get("call")
         original = head.call
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -257,14 +256,9 @@ def _features_after(ctx: Any, head: Any, inputs: Any) -> Callable[[], Any]:
             captured[:] = [x]
             return original(*args, **kwargs)
 
-        head.__dict__["call"] = call
-        try:
+        with LayerPatches() as patches:
+            patches.patch(head, call)
             ctx.call(inputs, training=False)
-        finally:
-            if had:
-                head.__dict__["call"] = previous
-            else:
-                head.__dict__.pop("call", None)
         if not captured:
             return None
         array = to_numpy(captured[0])
