@@ -12,6 +12,28 @@ ROOT = Path(__file__).resolve().parent.parent
 DYNAMIC = ROOT / "fixtures" / "dynamic"
 
 
+def audit_cli(*args: Any, **kwargs: Any) -> Any:
+    """`auditor audit ARGS...` through click's CliRunner (stdout and stderr apart)."""
+    from click.testing import CliRunner
+
+    from auditor.cli import main
+
+    return CliRunner().invoke(main, ["audit", *map(str, args)], **kwargs)
+
+
+def one_line_exit_2(result: Any, *needles: str) -> str:
+    """The contract for bad input: exit 2, exactly one `auditor: error:` line on stderr
+    holding every needle, no traceback. Returns the line."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert lines[0].startswith("auditor: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def dynamic_fixtures() -> list[Path]:
     return sorted(p for p in DYNAMIC.rglob("*.py") if p.name.startswith(("bad_", "clean_")))
 

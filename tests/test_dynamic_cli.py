@@ -15,9 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
-from click.testing import CliRunner  # noqa: E402
-
-from auditor.cli import main  # noqa: E402
+from dynamic_support import audit_cli as run, one_line_exit_2  # noqa: E402
 
 MODEL_FILE = """
 import numpy as np
@@ -62,20 +60,6 @@ def project(tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype("float32"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def run(*args, **kw):
-    return CliRunner().invoke(main, ["audit", *map(str, args)], **kw)
-
-
-def one_line_exit_2(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # -- targets -------------------------------------------------------------------------------

@@ -16,28 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from click.testing import CliRunner  # noqa: E402
 from torch import nn  # noqa: E402
 
-from auditor.cli import main  # noqa: E402
 from auditor.dynamic.tensors import StateDictContext  # noqa: E402
 from auditor.dynamic.torch_files import load_torch_file, sniff  # noqa: E402
 from auditor.errors import UsageFailure  # noqa: E402
-
-
-def cli(*args):
-    return CliRunner().invoke(main, ["audit", *map(str, args)])
-
-
-def one_line_exit_2(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    assert lines[0].startswith("auditor: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+from dynamic_support import audit_cli as cli, one_line_exit_2  # noqa: E402
 
 
 def subprocess_audit(*args, cwd, pythonpath=None, prelude=""):

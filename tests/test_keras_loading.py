@@ -19,37 +19,20 @@ import pytest
 keras = pytest.importorskip("keras")
 np = pytest.importorskip("numpy")
 
-from click.testing import CliRunner  # noqa: E402
 from keras import layers  # noqa: E402
 
-from auditor.cli import main  # noqa: E402
 from auditor.dynamic import keras_files  # noqa: E402
 from auditor.dynamic.audit import make_context  # noqa: E402
 from auditor.dynamic.keras_files import code_in_config, keras_version, load_keras_file, sniff  # noqa: E402
 from auditor.dynamic.loading import resolve  # noqa: E402
 from auditor.errors import UsageFailure  # noqa: E402
-from dynamic_support import DYNAMIC  # noqa: E402
+from dynamic_support import DYNAMIC, audit_cli as cli, one_line_exit_2  # noqa: E402
 
 sys.path.insert(0, str(DYNAMIC))
 from _keras_fixtures import calibrated, functional_cnn, sequential_cnn  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SELECT = ("--select", "HED")  # a few cheap probes: these tests are about loading
-
-
-def cli(*args):
-    return CliRunner().invoke(main, ["audit", *map(str, args)])
-
-
-def one_line_exit_2(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    assert lines[0].startswith("auditor: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def subprocess_audit(*args, cwd, env_extra=None, epilogue=""):
