@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _breakdown import Breakdown, findings_line  # bench/ is on sys.path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,22 +110,7 @@ def main() -> None:
 
     # per-pass and per-probe breakdown: time the shared passes, then each probe via `progress`
     rules = Selection((), ()).rules(kind="dynamic")
-    ctx = TorchContext(pipe())
-    passes = {}
-    for name in ("eval_pass", "inference_pass", "train_pass"):
-        start = time.perf_counter()
-        getattr(ctx, name)()
-        passes[name] = time.perf_counter() - start
-    probes: list[tuple[str, float]] = []
-
-    def progress(line: str) -> None:
-        m = re.match(r"\s+(\w+) .*: ([0-9.]+)s$", line)
-        if m:
-            probes.append((m.group(1), float(m.group(2))))
-
-    start = time.perf_counter()
-    report = audit_mod.run_probes(ctx, rules, progress=progress)
-    probe_total = time.perf_counter() - start
+    breakdown = Breakdown(TorchContext(pipe()), rules)
 
     # the full audit, end to end (fresh context: passes included)
     start = time.perf_counter()
@@ -136,16 +122,10 @@ def main() -> None:
     clean = time.perf_counter() - start
 
     print(f"full audit(), SGD 1e-3 momentum 0.9: {full:.2f}s = {full / forward:.1f} forward passes (goal <= 8)   [{len(rules)} dynamic rules]")
-    print("  findings: " + (", ".join(f"{f.rule} {f.target}" for f in full_report.findings) or "none"))
+    print(findings_line(full_report))
     print(f"full audit(), Adam 1e-5 (clean):     {clean:.2f}s = {clean / forward:.1f} forward passes")
-    print("  findings: " + (", ".join(f"{f.rule} {f.target}" for f in clean_report.findings) or "none"))
-    print("  shared passes (memoised, paid once):")
-    for name, t in passes.items():
-        print(f"    {name:16s} {t:7.2f}s  {t / forward:5.1f} fwd")
-    print("  probes after the shared passes:")
-    for code, t in sorted(probes, key=lambda p: -p[1]):
-        print(f"    {code:16s} {t:7.2f}s  {t / forward:5.1f} fwd")
-    print(f"    {'all probes':16s} {probe_total:7.2f}s  {probe_total / forward:5.1f} fwd")
+    print(findings_line(clean_report))
+    breakdown.print(forward)
 
     fwd = _child("forward", args.batch, args.size, threads)
     aud = _child("audit", args.batch, args.size, threads)

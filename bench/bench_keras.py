@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _breakdown import Breakdown, findings_line  # bench/ is on sys.path when a bench runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,22 +203,7 @@ def main() -> None:
         return Pipeline(model, preprocess=preprocess, sample=sample, labels=labels, num_classes=1000, pretrained="keras.applications.resnet50")
 
     # per-pass and per-probe breakdown: time the shared passes, then each probe via `progress`
-    ctx = KerasContext(pipe())
-    passes = {}
-    for name in ("eval_pass", "inference_pass", "train_pass"):
-        start = time.perf_counter()
-        getattr(ctx, name)()
-        passes[name] = time.perf_counter() - start
-    probes: list[tuple[str, float]] = []
-
-    def progress(line: str) -> None:
-        m = re.match(r"\s+(\w+) .*: ([0-9.]+)s$", line)
-        if m:
-            probes.append((m.group(1), float(m.group(2))))
-
-    start = time.perf_counter()
-    audit_mod.run_probes(ctx, rules, progress=progress)
-    probe_total = time.perf_counter() - start
+    breakdown = Breakdown(KerasContext(pipe()), rules)
 
     # the full audit, end to end (fresh context: passes included), watching for traces
     before_functions = {a: getattr(model, a, None) for a in ("train_function", "predict_function", "test_function")}
@@ -238,18 +224,12 @@ def main() -> None:
           f"a busy machine shows here as a spread: {min(times + after):.2f}-{max(times + after):.2f}s); load average {_load()}")
     forward = pooled
     print(f"full audit(), compiled SGD 1e-3 momentum 0.9: {full:.2f}s = {full / forward:.1f} forward passes (goal <= 8)")
-    print("  findings: " + (", ".join(f"{f.rule} {f.target}" for f in full_report.findings) or "none"))
+    print(findings_line(full_report))
     print(f"full audit(), compiled Adam 1e-5:            {clean:.2f}s = {clean / forward:.1f} forward passes")
-    print("  findings: " + (", ".join(f"{f.rule} {f.target}" for f in clean_report.findings) or "none"))
+    print(findings_line(clean_report))
     print(f"  traces paid: {sum(traces.calls.values())} ({', '.join(f'{k} x{v}' for k, v in traces.calls.items())}); "
           f"traced functions left on the model: {', '.join(left) if left else 'none'}")
-    print("  shared passes (memoised, paid once):")
-    for name, t in passes.items():
-        print(f"    {name:16s} {t:7.2f}s  {t / forward:5.1f} fwd")
-    print("  probes after the shared passes:")
-    for code, t in sorted(probes, key=lambda p: -p[1]):
-        print(f"    {code:16s} {t:7.2f}s  {t / forward:5.1f} fwd")
-    print(f"    {'all probes':16s} {probe_total:7.2f}s  {probe_total / forward:5.1f} fwd")
+    breakdown.print(forward)
 
     fwd = _child(CHILD_MEMORY, args.batch, args.size, mode="forward")
     aud = _child(CHILD_MEMORY, args.batch, args.size, mode="audit")
