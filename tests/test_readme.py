@@ -45,17 +45,22 @@ def test_main_job_finds_real_problems_in_the_examples(tmp_path):
     assert not [f for f in findings if f["category"] == "usage"]
 
 
-def test_main_job_audits_the_bundled_pipeline_with_real_findings(tmp_path):
-    out = tmp_path / "a.json"
+def _audit_example(target: str, out) -> tuple[subprocess.CompletedProcess, dict]:
+    """`auditor audit TARGET --format json` in a fresh process, as a user runs it; it must
+    report findings (exit 1)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "auditor", "audit", "examples/torch_pipeline.py:build", "--format", "json", "--output", str(out)],
+        [sys.executable, "-m", "auditor", "audit", target, "--format", "json", "--output", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
-    report = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_main_job_audits_the_bundled_pipeline_with_real_findings(tmp_path):
+    _, report = _audit_example("examples/torch_pipeline.py:build", tmp_path / "a.json")
     found = {(f["rule"], f["target"]) for f in report["findings"]}
     assert {("PRE101", "preprocess"), ("BNS103", "bn1"), ("HED101", "fc"), ("LRT101", "conv2")} <= found, found
     assert not [f for f in report["findings"] if f["category"] == "usage"]
@@ -67,16 +72,7 @@ def test_keras_example_audits_with_real_findings(tmp_path):
     import pytest
 
     pytest.importorskip("keras")
-    out = tmp_path / "k.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "auditor", "audit", "examples/keras_pipeline.py:build", "--format", "json", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 1, proc.stderr
-    report = json.loads(out.read_text())
+    proc, report = _audit_example("examples/keras_pipeline.py:build", tmp_path / "k.json")
     found = {(f["rule"], f["target"]) for f in report["findings"]}
     assert {("PRE101", "preprocess"), ("BNS103", "base/bn1"), ("HED102", "predictions"), ("LOD102", "scale")} <= found, found
     assert not proc.stderr.strip(), proc.stderr  # TensorFlow's start-up lines are kept off stderr
