@@ -102,8 +102,8 @@ class KerasState:
     def __init__(self, model: Any, optimizer: Any = None):
         self.model = model
         self.optimizer = optimizer
-        self.layers = [("", model)] + all_layers(model)
-        self.flags = [(layer, bool(getattr(layer, "_trainable", getattr(layer, "trainable", True)))) for _, layer in self.layers]
+        layers = [model] + [layer for _, layer in all_layers(model)]  # pre-order: parents first
+        self.flags = [(layer, bool(getattr(layer, "_trainable", getattr(layer, "trainable", True)))) for layer in layers]
         owners = variable_owners(model)
         self.variables: list[tuple[Any, np.ndarray, bool, str, str]] = []
         seen: set[int] = set()
@@ -119,7 +119,6 @@ class KerasState:
         if len(optimizers) == 2 and optimizers[0] is optimizers[1]:
             optimizers.pop()
         self.optimizer_variables = [(v, to_numpy(v)) for o in optimizers for v in o.variables]
-        self.optimizer_built = bool(getattr(optimizer, "built", False)) if optimizer is not None else None
         self.functions = {attr: getattr(model, attr) for attr in FUNCTION_ATTRIBUTES if hasattr(model, attr)}
         self.rng = _capture_rng()
 
